@@ -1,0 +1,105 @@
+"""``fit``: one entry point for every inference method."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyro
+
+from ..data import Standardizer
+from ..model import BayesianResNet
+from ..posterior import Posterior, as_float_tensor, check_inputs
+from .base import InferenceMethod
+from .ensemble import MAP, Ensemble
+from .nuts import NUTS
+from .vi import LowRank, MeanField
+
+__all__ = ["METHODS", "fit", "resolve_method"]
+
+METHODS: dict[str, type[InferenceMethod]] = {
+    "nuts": NUTS,
+    "meanfield": MeanField,
+    "lowrank": LowRank,
+    "ensemble": Ensemble,
+    "map": MAP,
+}
+
+
+def resolve_method(method: InferenceMethod | str) -> InferenceMethod:
+    """A method object from an instance or one of the names in :data:`METHODS`."""
+    if isinstance(method, InferenceMethod):
+        return method
+    if isinstance(method, str) and method.lower() in METHODS:
+        return METHODS[method.lower()]()
+    raise ValueError(f"unknown inference method {method!r}; expected one of {sorted(METHODS)} "
+                     "or a method object such as bayesresnet.NUTS(...)")
+
+
+def _check_targets(y: Any, n: int, out_dim: int) -> Any:
+    y = as_float_tensor(y, "y")
+    if y.dim() == 1:
+        y = y.unsqueeze(-1)
+    if y.dim() != 2 or y.shape[1] != out_dim:
+        raise ValueError(f"y must have shape (N,) or (N, {out_dim}) for a model with "
+                         f"{out_dim} output(s), got shape {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise ValueError(f"x and y have different numbers of rows: {n} and {y.shape[0]}")
+    if not y.isfinite().all():
+        raise ValueError("y contains NaN or inf values")
+    return y
+
+
+def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "nuts", *,
+        seed: int | None = None, standardize: bool = True, progress: bool = True) -> Posterior:
+    """Approximate the posterior of ``model`` given data.
+
+    Parameters
+    ----------
+    model : BayesianResNet
+    x : array or tensor (N, in_dim)
+        Training inputs (1-D allowed when in_dim == 1).
+    y : array or tensor (N,) or (N, out_dim)
+        Training targets.
+    method : str or InferenceMethod
+        ``"nuts"``, ``"meanfield"``, ``"lowrank"``, ``"ensemble"``, ``"map"``, or a configured
+        object such as ``NUTS(chains=8)``.
+    seed : int, optional
+        Seed of every random choice of the fit; drawn at random (and recorded in
+        ``Posterior.seed``) when None.
+    standardize : bool
+        Standardize x and y on the training data; predictions are always returned in original
+        units.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    Posterior
+    """
+    if not isinstance(model, BayesianResNet):
+        raise ValueError(f"model must be a BayesianResNet, got {type(model).__name__}")
+    method = resolve_method(method)
+    method.validate(model)
+    x_t = check_inputs(x, model.in_dim)
+    y_t = _check_targets(y, x_t.shape[0], model.out_dim)
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if standardize:
+        x_scaler, y_scaler = Standardizer().fit(x_t), Standardizer().fit(y_t)
+    else:
+        x_scaler = Standardizer.identity(model.in_dim)
+        y_scaler = Standardizer.identity(model.out_dim)
+    x_std, y_std = x_scaler.transform(x_t), y_scaler.transform(y_t)
+
+    # Methods that go through Pyro's param store get a private one, so fits never interfere
+    # and the user's store is left as it was.
+    with pyro.get_param_store().scope():
+        start = time.perf_counter()
+        result = method.run(model, x_std, y_std, int(seed), progress)
+        seconds = time.perf_counter() - start
+    return Posterior(model, result.draws, result.stats, method, x_scaler, y_scaler, int(seed),
+                     seconds, x_t.numpy(), y_t.numpy(), extra=result.extra)

@@ -1,0 +1,259 @@
+"""The Bayesian ResNet: a Pyro model and the same density as batched tensor functions.
+
+Two views of one joint density p(theta, y | x):
+
+* ``BayesianResNet(x, y)`` is a Pyro model (a ``PyroModule``): each latent site is sampled from
+  its prior, the network runs, and ``obs`` is observed inside a ``data`` plate. Pyro's autoguides,
+  ``Predictive`` and ``poutine`` work on it unchanged.
+* ``log_joint``, ``log_likelihood`` and ``log_density`` evaluate the same density for parameter
+  dicts (or flat vectors) with any leading sample dimensions S, in one batched tensor program.
+
+Flat unconstrained view (what samplers and optimizers move in). The latent sites, in the order of
+``latent_sites``, are mapped to unconstrained reals with ``torch.distributions.biject_to`` of each
+prior's support (identity for real sites, ``exp`` for positive ones), flattened in row-major order
+and concatenated into one vector z of length ``dim``. ``constrain(z)`` returns the constrained
+values and the log absolute determinant of the Jacobian of that map, and
+
+    log_density(z, x, y) = log_joint(constrain(z), x, y) + log|det J(z)|,
+
+the density of z that MCMC targets.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor
+from torch.distributions import constraints
+
+from . import likelihoods as _likelihoods
+from . import priors as _priors
+from .resnet import Network
+
+__all__ = ["BayesianResNet"]
+
+
+def _as_2d_targets(y: Tensor, out_dim: int) -> Tensor:
+    if y.dim() == 1:
+        y = y.unsqueeze(-1)
+    if y.dim() != 2 or y.shape[-1] != out_dim:
+        raise ValueError(f"y must have shape (N,) or (N, {out_dim}), got {tuple(y.shape)}")
+    return y
+
+
+class BayesianResNet(PyroModule):
+    """Priors on a network's parameters plus a likelihood: a Pyro model with batched densities.
+
+    Parameters
+    ----------
+    net : ResNet or MLP
+        The architecture. With a heteroscedastic likelihood the model uses a copy of ``net``
+        whose output layer is doubled (mean and log-scale per output); ``out_dim`` stays the
+        number of observed outputs.
+    prior : Prior
+        :class:`priors.Normal` (default scale 1) or :class:`priors.Hierarchical`.
+    likelihood : likelihoods.Gaussian
+        Observation model (default: one learned noise scale per output).
+    """
+
+    def __init__(self, net: Network, prior: _priors.Prior | None = None,
+                 likelihood: _likelihoods.Gaussian | None = None) -> None:
+        super().__init__(name="")
+        if not isinstance(net, Network):
+            raise ValueError(f"net must be a ResNet or MLP, got {type(net).__name__}")
+        prior = _priors.Normal(1.0) if prior is None else prior
+        likelihood = _likelihoods.Gaussian() if likelihood is None else likelihood
+        if not isinstance(prior, _priors.Prior):
+            raise ValueError(f"prior must be a bayesresnet.priors.Prior, got {prior!r}")
+        if not isinstance(likelihood, _likelihoods.Gaussian):
+            raise ValueError(f"likelihood must be a bayesresnet.likelihoods.Gaussian, "
+                             f"got {likelihood!r}")
+        self.user_net = net
+        self.out_dim = net.out_dim
+        self.in_dim = net.in_dim
+        wanted = likelihood.net_outputs(net.out_dim)
+        self.net = net if wanted == net.out_dim else net.replace(out_dim=wanted)
+        self.prior = prior
+        self.likelihood = likelihood
+        sites = prior.latent_sites(self.net.param_shapes) + likelihood.latent_sites(net.out_dim)
+        self._sites: OrderedDict[str, _priors.LatentSite] = OrderedDict((s.name, s) for s in sites)
+        self._offsets: dict[str, tuple[int, int]] = {}
+        start = 0
+        for site in sites:
+            self._offsets[site.name] = (start, start + site.numel)
+            start += site.numel
+        self.dim = start
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def latent_sites(self) -> OrderedDict[str, _priors.LatentSite]:
+        """Sampled sites in model order: name -> :class:`priors.LatentSite`."""
+        return self._sites
+
+    @property
+    def latent_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
+        """Sampled site name -> event shape."""
+        return OrderedDict((name, site.shape) for name, site in self._sites.items())
+
+    def flat_slices(self) -> dict[str, tuple[int, int]]:
+        """Start and stop of each site in the flat vector."""
+        return dict(self._offsets)
+
+    def net_params(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Network parameters from latent values (identity for the Normal prior)."""
+        return self.prior.net_params(values, self.net.param_shapes)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable description of net, prior and likelihood."""
+        return {"net": self.user_net.config(), "prior": self.prior.config(),
+                "likelihood": self.likelihood.config()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> BayesianResNet:
+        from .resnet import network_from_config
+
+        return cls(network_from_config(config["net"]),
+                   _priors.prior_from_config(config["prior"]),
+                   _likelihoods.likelihood_from_config(config["likelihood"]))
+
+    # ------------------------------------------------------------------ Pyro model
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The Pyro model. ``x`` (N, in_dim); ``y`` (N,) or (N, out_dim) or None.
+
+        Returns the network's mean output, shape (*S, N, out_dim).
+        """
+        values = {name: pyro.sample(name, site.prior) for name, site in self._sites.items()}
+        output = self.net.forward(self.net_params(values), x)
+        loc, scale = self.likelihood.loc_scale(output, values)
+        if y is not None:
+            y = _as_2d_targets(y, self.out_dim).to(loc.dtype)
+        with pyro.plate("data", x.shape[0]):
+            obs_dist = dist.Normal(loc, scale.expand_as(loc), validate_args=False).to_event(1)
+            pyro.sample("obs", obs_dist, obs=y)
+        return loc
+
+    # ------------------------------------------------------------------ batched densities
+    def _check_values(self, values: Mapping[str, Tensor]) -> torch.Size:
+        missing = [name for name in self._sites if name not in values]
+        if missing:
+            raise ValueError(f"values are missing latent sites {missing}")
+        first, site = next(iter(self._sites.items()))
+        value = values[first]
+        return value.shape[: value.dim() - len(site.shape)]
+
+    def log_prior(self, values: Mapping[str, Tensor]) -> Tensor:
+        """Sum of the prior log densities of all latent sites, shape (*S,)."""
+        total = 0.0
+        for name, site in self._sites.items():
+            total = total + site.prior.log_prob(values[name])
+        return total
+
+    def loc_scale(self, values: Mapping[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+        """Predictive mean and noise scale of each observation, each (*S, N, out_dim)."""
+        output = self.net.forward(self.net_params(values), x)
+        loc, scale = self.likelihood.loc_scale(output, values)
+        return loc, scale.expand_as(loc)
+
+    def log_likelihood(self, values: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Pointwise log-likelihood, summed over outputs.
+
+        Parameters
+        ----------
+        values : mapping of latent site -> tensor (*S, *site_shape), constrained
+        x : tensor (N, in_dim)
+        y : tensor (N,) or (N, out_dim)
+
+        Returns
+        -------
+        Tensor of shape (*S, N).
+        """
+        self._check_values(values)
+        loc, scale = self.loc_scale(values, x)
+        y = _as_2d_targets(y, self.out_dim).to(loc.dtype)
+        z = (y - loc) / scale
+        log_norm = torch.log(scale) + 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=loc.dtype))
+        return (-0.5 * z * z - log_norm).sum(-1)
+
+    def log_joint(self, values: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """log p(values) + log p(y | x, values) for constrained values, shape (*S,).
+
+        Equals the ``log_prob_sum()`` of a Pyro trace of this model at the same values.
+        """
+        return self.log_prior(values) + self.log_likelihood(values, x, y).sum(-1)
+
+    # ------------------------------------------------------------------ flat unconstrained view
+    def constrain(self, z: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Constrained latent values from flat unconstrained vectors.
+
+        Parameters
+        ----------
+        z : tensor (*S, dim)
+
+        Returns
+        -------
+        values : dict site -> tensor (*S, *site_shape)
+        log_abs_det_jacobian : tensor (*S,)
+        """
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"flat parameters must have last dimension {self.dim}, "
+                             f"got shape {tuple(z.shape)}")
+        batch = z.shape[:-1]
+        values: dict[str, Tensor] = {}
+        log_det = torch.zeros(batch, dtype=z.dtype)
+        for name, site in self._sites.items():
+            start, stop = self._offsets[name]
+            u = z[..., start:stop].reshape(batch + site.shape)
+            transform = site.transform
+            value = transform(u)
+            if not _is_real(site.support):
+                ladj = transform.log_abs_det_jacobian(u, value)
+                log_det = log_det + ladj.reshape((*batch, -1)).sum(-1)
+            values[name] = value
+        return values, log_det
+
+    def unconstrain(self, values: Mapping[str, Tensor]) -> Tensor:
+        """Flat unconstrained vectors (*S, dim) from constrained values; inverse of constrain."""
+        batch = self._check_values(values)
+        parts = []
+        for name, site in self._sites.items():
+            u = site.transform.inv(values[name])
+            parts.append(u.reshape((*batch, -1)))
+        return torch.cat(parts, dim=-1)
+
+    def log_density(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Log density of the flat unconstrained parameters z (*S, dim), shape (*S,)."""
+        values, log_det = self.constrain(z)
+        return self.log_joint(values, x, y) + log_det
+
+    # ------------------------------------------------------------------ draws
+    def sample_prior(self, seed: int, sample_shape: tuple[int, ...] = ()) -> dict[str, Tensor]:
+        """Draws from the prior of every latent site, each (*sample_shape, *site_shape).
+
+        Uses a private RNG stream seeded by ``seed``; the global torch RNG is left untouched.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return {name: site.prior.sample(torch.Size(sample_shape))
+                    for name, site in self._sites.items()}
+
+    def initial_values(self, generator: torch.Generator | None = None,
+                       noise: float = 0.5) -> dict[str, Tensor]:
+        """A starting point for optimization: the network's Glorot initialization mapped to the
+        latent sites, and a learned noise (if any) set to ``noise``."""
+        values = self.prior.latent_from_net(self.net.init_params(generator))
+        if "noise" in self._sites:
+            values["noise"] = torch.full(self._sites["noise"].shape, noise, dtype=torch.float64)
+        return values
+
+
+def _is_real(support: constraints.Constraint) -> bool:
+    """True for supports whose bijection is the identity (no Jacobian term)."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real

@@ -1,0 +1,310 @@
+"""The one result every inference method returns, and the predictions made from it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data import Standardizer
+from .model import BayesianResNet
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from .inference.base import InferenceMethod
+
+__all__ = ["Posterior", "Prediction", "as_float_tensor", "check_inputs"]
+
+# Budget for one chunk of the batched predictive forward, in bytes.
+_CHUNK_BYTES = 1 << 30
+
+
+def as_float_tensor(values: Any, name: str) -> Tensor:
+    """A float64 CPU tensor from a NumPy array, tensor or nested list, with clear errors."""
+    if isinstance(values, Tensor):
+        if values.is_complex() or not (values.is_floating_point() or values.dtype in (
+                torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)):
+            raise ValueError(f"{name} must be real numbers, got dtype {values.dtype}")
+        return values.detach().to(device="cpu", dtype=torch.float64)
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+    return torch.as_tensor(array.astype(np.float64))
+
+
+def check_inputs(x: Any, in_dim: int, name: str = "x") -> Tensor:
+    """Validate inputs: 2-D (or 1-D when in_dim == 1), at least one row, finite, in_dim columns."""
+    x = as_float_tensor(x, name)
+    if x.dim() == 1 and in_dim == 1:
+        x = x.unsqueeze(-1)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, {in_dim}), got shape {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} is empty: it needs at least one row")
+    if x.shape[1] != in_dim:
+        raise ValueError(f"{name} has {x.shape[1]} features but the model expects {in_dim}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
+def _mixture_quantile(loc: Tensor, scale: Tensor, q: float, iterations: int = 60) -> Tensor:
+    """Quantile q of the equal-weight Gaussian mixture over the first axis, by bisection.
+
+    loc, scale: (M, N, k); returns (N, k).
+    """
+    normal = torch.distributions.Normal(torch.zeros((), dtype=loc.dtype), 1.0)
+    lo = (loc - 10 * scale).amin(0)
+    hi = (loc + 10 * scale).amax(0)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        cdf = normal.cdf((mid - loc) / scale).mean(0)
+        below = cdf < q
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+class Prediction:
+    """Posterior predictive at N inputs, in original units.
+
+    Built from M posterior draws of the network mean ``f_samples`` (M, N, out_dim) and the noise
+    scale ``noise_scale`` (M, N, out_dim); the predictive distribution is the equal-weight mixture
+    of the M Gaussians N(f_m, noise_m^2).
+
+    Attributes
+    ----------
+    mean : ndarray (N, out_dim)
+        Predictive mean.
+    epistemic_std : ndarray (N, out_dim)
+        Standard deviation of the network mean across draws (model uncertainty).
+    aleatoric_std : ndarray (N, out_dim)
+        Root mean squared noise scale (data noise).
+    std : ndarray (N, out_dim)
+        Total predictive standard deviation, sqrt(epistemic^2 + aleatoric^2).
+    f_samples : ndarray (M, N, out_dim)
+        Draws of the network mean (no noise).
+    samples : ndarray (M, N, out_dim)
+        Draws of new observations (mean plus noise).
+    noise_scale : ndarray (M, N, out_dim)
+    """
+
+    def __init__(self, f_samples: Tensor, noise_scale: Tensor, generator: torch.Generator,
+                 x: np.ndarray | None = None) -> None:
+        self._loc = f_samples
+        self._scale = noise_scale
+        self.x = x
+        self.f_samples = f_samples.numpy()
+        self.noise_scale = noise_scale.numpy()
+        eps = torch.randn(f_samples.shape, generator=generator, dtype=f_samples.dtype)
+        self.samples = (f_samples + noise_scale * eps).numpy()
+        self.mean = self.f_samples.mean(0)
+        num = f_samples.shape[0]
+        self.epistemic_std = self.f_samples.std(0, ddof=1) if num > 1 else \
+            np.zeros_like(self.mean)
+        self.aleatoric_std = np.sqrt((self.noise_scale**2).mean(0))
+        self.std = np.sqrt(self.epistemic_std**2 + self.aleatoric_std**2)
+
+    @property
+    def num_draws(self) -> int:
+        return self.f_samples.shape[0]
+
+    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Central predictive interval including noise.
+
+        Exact quantiles (to 1e-15 relative, by bisection) of the Gaussian mixture over draws.
+
+        Returns
+        -------
+        lower, upper : ndarrays (N, out_dim)
+        """
+        if not (isinstance(level, (int, float)) and 0 < level < 1):
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        tail = (1.0 - level) / 2.0
+        return (_mixture_quantile(self._loc, self._scale, tail).numpy(),
+                _mixture_quantile(self._loc, self._scale, 1.0 - tail).numpy())
+
+    def quantile(self, q: float) -> np.ndarray:
+        """Predictive quantile q in (0, 1), shape (N, out_dim)."""
+        if not (isinstance(q, (int, float)) and 0 < q < 1):
+            raise ValueError(f"q must be in (0, 1), got {q!r}")
+        return _mixture_quantile(self._loc, self._scale, q).numpy()
+
+    def log_density(self, y: Any) -> np.ndarray:
+        """Log predictive density of observations y (N,) or (N, out_dim), per point, shape (N,).
+
+        log (1/M) sum_m prod_j N(y_j | f_mj, noise_mj^2).
+        """
+        y = as_float_tensor(y, "y")
+        if y.dim() == 1:
+            y = y.unsqueeze(-1)
+        if tuple(y.shape) != tuple(self._loc.shape[1:]):
+            raise ValueError(f"y must have shape {tuple(self._loc.shape[1:])} (or (N,) for one "
+                             f"output), got {tuple(y.shape)}")
+        z = (y - self._loc) / self._scale
+        logp = (-0.5 * z * z - torch.log(self._scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return (torch.logsumexp(logp, 0) - math.log(self.num_draws)).numpy()
+
+    def to_xarray(self) -> xr.Dataset:
+        """The prediction as an ``xarray.Dataset`` with dims (draw, obs, output)."""
+        import xarray as xr
+
+        dims = ("obs", "output")
+        lower, upper = self.interval(0.95)
+        data = {
+            "mean": (dims, self.mean),
+            "std": (dims, self.std),
+            "epistemic_std": (dims, self.epistemic_std),
+            "aleatoric_std": (dims, self.aleatoric_std),
+            "lower_95": (dims, lower),
+            "upper_95": (dims, upper),
+            "f_samples": (("draw", *dims), self.f_samples),
+            "samples": (("draw", *dims), self.samples),
+        }
+        coords = {"obs": np.arange(self.mean.shape[0]), "output": np.arange(self.mean.shape[1]),
+                  "draw": np.arange(self.num_draws)}
+        return xr.Dataset(data, coords=coords)
+
+    def __repr__(self) -> str:
+        n, k = self.mean.shape
+        return f"Prediction(points={n}, outputs={k}, draws={self.num_draws})"
+
+
+class Posterior:
+    """Draws from an approximate posterior, with the data scaling and the method that made them.
+
+    Attributes
+    ----------
+    model : BayesianResNet
+    draws : dict site -> tensor (chain, draw, *site_shape)
+        Constrained draws of every latent site (one chain for VI and ensembles).
+    stats : dict
+        Per-method statistics (see :class:`bayesresnet.inference.base.MethodResult`).
+    method : InferenceMethod
+        The configuration that produced the draws.
+    x_scaler, y_scaler : Standardizer
+        Maps between original units and the standardized units the model saw.
+    seed : int
+        The seed of the fit.
+    fit_seconds : float
+        Wall time of the inference run.
+    x_train, y_train : ndarray (N, in_dim), (N, out_dim)
+        Training data in original units.
+    extra : dict
+        Method-specific extras (e.g. fitted guide parameters).
+    """
+
+    def __init__(self, model: BayesianResNet, draws: Mapping[str, Tensor], stats: Mapping[str, Any],
+                 method: InferenceMethod, x_scaler: Standardizer, y_scaler: Standardizer,
+                 seed: int, fit_seconds: float, x_train: np.ndarray, y_train: np.ndarray,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        missing = [name for name in model.latent_sites if name not in draws]
+        if missing:
+            raise ValueError(f"draws are missing latent sites {missing}")
+        self.model = model
+        self.draws = {name: draws[name].detach().to(torch.float64) for name in model.latent_sites}
+        self.stats = dict(stats)
+        self.method = method
+        self.x_scaler = x_scaler
+        self.y_scaler = y_scaler
+        self.seed = int(seed)
+        self.fit_seconds = float(fit_seconds)
+        self.x_train = np.asarray(x_train, dtype=np.float64)
+        self.y_train = np.asarray(y_train, dtype=np.float64).reshape(len(self.x_train), -1)
+        self.extra = dict(extra or {})
+
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.draws.values())).shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        """Draws per chain."""
+        return next(iter(self.draws.values())).shape[1]
+
+    def flat_draws(self, num_draws: int | None = None, seed: int | None = None
+                   ) -> dict[str, Tensor]:
+        """Draws with (chain, draw) merged into one axis of length M, optionally thinned.
+
+        With ``num_draws`` < total, a random subset of that size is taken (without
+        replacement, reproducibly from ``seed``).
+        """
+        total = self.num_chains * self.num_draws
+        flat = {k: v.reshape((total, *v.shape[2:])) for k, v in self.draws.items()}
+        if num_draws is None or num_draws >= total:
+            return flat
+        if num_draws < 1:
+            raise ValueError(f"num_draws must be a positive integer, got {num_draws}")
+        generator = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
+        index = torch.randperm(total, generator=generator)[:num_draws].sort().values
+        return {k: v[index] for k, v in flat.items()}
+
+    def _loc_scale(self, values: Mapping[str, Tensor], x_std: Tensor) -> tuple[Tensor, Tensor]:
+        """Batched predictive mean and noise (standardized units), chunked over draws."""
+        total = next(iter(values.values())).shape[0]
+        net = self.model.net
+        per_draw = 8 * x_std.shape[0] * (getattr(net, "width", 1) * 4 + 2 * self.model.out_dim)
+        chunk = max(1, min(total, _CHUNK_BYTES // max(per_draw, 1)))
+        locs, scales = [], []
+        with torch.no_grad():
+            for start in range(0, total, chunk):
+                part = {k: v[start:start + chunk] for k, v in values.items()}
+                loc, scale = self.model.loc_scale(part, x_std)
+                locs.append(loc)
+                scales.append(scale)
+        return torch.cat(locs), torch.cat(scales)
+
+    def predict(self, x: Any, num_draws: int | None = None, seed: int | None = None
+                ) -> Prediction:
+        """Posterior predictive at new inputs, in original units.
+
+        Parameters
+        ----------
+        x : array (N, in_dim)
+            Inputs in original units.
+        num_draws : int, optional
+            Use a random subset of this many posterior draws (default: all).
+        seed : int, optional
+            Seeds the subset and the observation noise of ``Prediction.samples``
+            (default: the fit's seed).
+
+        Returns
+        -------
+        Prediction
+        """
+        x = check_inputs(x, self.model.in_dim)
+        x_std = self.x_scaler.transform(x)
+        values = self.flat_draws(num_draws, seed)
+        loc, scale = self._loc_scale(values, x_std)
+        f_samples = self.y_scaler.inverse_transform(loc)
+        noise = self.y_scaler.inverse_scale(scale)
+        generator = torch.Generator().manual_seed((self.seed if seed is None else int(seed)) + 1)
+        return Prediction(f_samples, noise, generator, x=x.numpy())
+
+    def __repr__(self) -> str:
+        return (f"Posterior(method={self.method.name}, chains={self.num_chains}, "
+                f"draws={self.num_draws}, params={self.model.dim}, "
+                f"fit_seconds={self.fit_seconds:.1f})")
+
+    def to_arviz(self, x_new: Any = None, y_new: Any = None, predictive: bool = True) -> Any:
+        """The posterior as an ``arviz.InferenceData``; see :func:`bayesresnet.export.to_arviz`."""
+        from .export import to_arviz
+
+        return to_arviz(self, x_new=x_new, y_new=y_new, predictive=predictive)
+
+    def diagnose(self) -> Any:
+        """Convergence checks for this run; see :func:`bayesresnet.diagnostics.diagnose`."""
+        from .diagnostics import diagnose
+
+        return diagnose(self)
+
+    def save(self, path: Any) -> Any:
+        """Write this posterior to one netCDF file; see :func:`bayesresnet.export.save`."""
+        from .export import save
+
+        return save(self, path)

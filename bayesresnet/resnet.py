@@ -1,0 +1,456 @@
+"""Weight-parameterized ResNets and the MLP baseline, as pure functions of a parameter dict.
+
+Both networks own no tensors: they describe parameter sites (``param_shapes``) and compute the
+output for a dict of parameters that may carry any leading sample dimensions S, so one call
+evaluates the network for every posterior draw, chain or ensemble member at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .basis import Basis, Piecewise, basis_from_config, get_basis
+
+__all__ = ["ACTIVATIONS", "INTEGRATORS", "MLP", "Network", "ResNet", "Tableau",
+           "network_from_config"]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+    "identity": lambda z: z,
+}
+
+
+@dataclass(frozen=True)
+class Tableau:
+    """Butcher tableau of an explicit Runge-Kutta scheme with s stages.
+
+    Stage i evaluates the vector field at time t_n + c[i] dt and state
+    h_n + dt * sum_j a[i][j] k_j (j < i); the step is h_{n+1} = h_n + dt * sum_i b[i] k_i.
+
+    Attributes
+    ----------
+    a : tuple of s tuples, row i holding the i coefficients a[i][0..i-1]
+    b, c : tuple of s floats
+    order : int
+        Convergence order of the global error.
+    """
+
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    c: tuple[float, ...]
+    order: int
+
+    @property
+    def stages(self) -> int:
+        return len(self.b)
+
+
+INTEGRATORS: dict[str, Tableau] = {
+    "euler": Tableau(a=((),), b=(1.0,), c=(0.0,), order=1),
+    "midpoint": Tableau(a=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5), order=2),
+    "rk4": Tableau(
+        a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+        b=(1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0),
+        c=(0.0, 0.5, 0.5, 1.0),
+        order=4,
+    ),
+}
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+
+
+class Network:
+    """Common contract of :class:`ResNet` and :class:`MLP`.
+
+    Subclasses define ``param_shapes`` and ``forward(params, x)``.
+    """
+
+    in_dim: int
+    out_dim: int
+    width: int
+    depth: int
+    activation: str
+
+    @property
+    def param_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    @property
+    def num_params(self) -> int:
+        """Total number of scalar parameters."""
+        return sum(math.prod(shape) for shape in self.param_shapes.values())
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def replace(self, **changes: Any) -> Network:
+        """A copy with some constructor arguments changed (e.g. ``out_dim``)."""
+        config = self.config()
+        config.update(changes)
+        return network_from_config(config)
+
+    def _act(self, z: Tensor) -> Tensor:
+        return ACTIVATIONS[self.activation](z)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"x must have shape (N, in_dim), got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"x has {x.shape[-1]} features but the network expects in_dim={self.in_dim}"
+            )
+
+    def _sample_shape(self, params: Mapping[str, Tensor]) -> torch.Size:
+        missing = [name for name in self.param_shapes if name not in params]
+        if missing:
+            raise ValueError(f"params is missing sites {missing}")
+        first = next(iter(self.param_shapes))
+        shape = self.param_shapes[first]
+        return params[first].shape[: params[first].dim() - len(shape)]
+
+    def init_params(
+        self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    ) -> dict[str, Tensor]:
+        """Random initial parameters (Glorot-uniform weights, zero biases, small coefficients).
+
+        Parameters
+        ----------
+        generator : torch.Generator, optional
+            Source of randomness, for reproducible initializations.
+        dtype : torch.dtype
+            Floating dtype of the parameters.
+
+        Returns
+        -------
+        dict mapping each site of ``param_shapes`` to a tensor of that shape.
+        """
+        params = {}
+        for name, shape in self.param_shapes.items():
+            if "bias" in name or name == "b_coef":
+                params[name] = torch.zeros(shape, dtype=dtype)
+                continue
+            fan_out, fan_in = shape[-2], shape[-1]
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            u = torch.rand(shape, generator=generator, dtype=dtype)
+            params[name] = (2.0 * u - 1.0) * bound
+        return params
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class ResNet(Network):
+    """A ResNet whose weights are functions of depth written in a basis.
+
+    Input layer ``h_0 = x W_in^T + b_in``, then ``depth`` explicit Euler steps
+
+        h_{n+1} = h_n + dt * act(W(t_n) h_n + b(t_n)),  t_n = n dt,  dt = horizon / depth,
+
+    with ``W(t) = sum_k phi_k(t) A_k`` and ``b(t) = sum_k phi_k(t) c_k``, then an output layer
+    ``y = h_L W_out^T + b_out``. With ``integrator='midpoint'`` or ``'rk4'`` the same vector field
+    is integrated on the same grid with that explicit Runge-Kutta scheme instead (the ODE view);
+    the parameter sites do not change.
+
+    Parameters
+    ----------
+    in_dim, out_dim : int
+        Number of input features and outputs.
+    width : int
+        Hidden state size.
+    depth : int
+        Number of residual steps L.
+    basis : Basis or str
+        Depth basis phi (see :mod:`bayesresnet.basis`), default piecewise (one matrix per layer).
+    activation : {'tanh', 'relu', 'silu', 'identity'}
+    horizon : float
+        Final time T of the ODE.
+    integrator : {'euler', 'midpoint', 'rk4'}
+        Scheme for the residual steps (see :data:`INTEGRATORS`). ``'euler'`` is the ResNet.
+
+    Notes
+    -----
+    Parameter sites, in order: ``input_weight (width, in_dim)``, ``input_bias (width,)``,
+    ``W_coef (K, width, width)``, ``b_coef (K, width)``, ``output_weight (out_dim, width)``,
+    ``output_bias (out_dim,)``, where K = ``basis.size(depth)``.
+
+    Higher-order stages evaluate W and b at t_n + c dt (:meth:`stage_weights`). Step n integrates
+    the ODE on [t_n, t_{n+1}] with the weights of that interval, so for the Piecewise basis every
+    stage of step n, including one at t_{n+1}, uses layer n's weights: the ODE of a
+    piecewise-constant W is integrated layer by layer.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        width: int,
+        depth: int,
+        basis: Basis | str = "piecewise",
+        activation: str = "tanh",
+        horizon: float = 1.0,
+        integrator: str = "euler",
+    ) -> None:
+        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("width", width),
+                            ("depth", depth)):
+            _check_positive_int(name, value)
+        _check_activation(activation)
+        if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a positive finite number, got {horizon!r}")
+        if not isinstance(integrator, str) or integrator not in INTEGRATORS:
+            raise ValueError(
+                f"unknown integrator {integrator!r}; expected one of {sorted(INTEGRATORS)}"
+            )
+        self.integrator = integrator
+        self.in_dim, self.out_dim, self.width, self.depth = in_dim, out_dim, width, depth
+        self.basis = get_basis(basis)
+        self.activation = activation
+        self.horizon = float(horizon)
+        self.num_basis = self.basis.size(depth)
+
+    @property
+    def dt(self) -> float:
+        """Step size horizon / depth."""
+        return self.horizon / self.depth
+
+    @property
+    def param_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
+        w, k = self.width, self.num_basis
+        return OrderedDict(
+            input_weight=(w, self.in_dim),
+            input_bias=(w,),
+            W_coef=(k, w, w),
+            b_coef=(k, w),
+            output_weight=(self.out_dim, w),
+            output_bias=(self.out_dim,),
+        )
+
+    @property
+    def tableau(self) -> Tableau:
+        """Butcher tableau of the integrator."""
+        return INTEGRATORS[self.integrator]
+
+    def layer_times(self) -> Tensor:
+        """The step grid t_n = n dt, n = 0..depth-1, shape (depth,)."""
+        return torch.arange(self.depth, dtype=torch.float64) * self.dt
+
+    def layer_weights(self, params: Mapping[str, Tensor], times: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor]:
+        """W(t) and b(t) at ``times`` (default: the Euler grid).
+
+        Returns
+        -------
+        W : tensor (*S, M, width, width)
+        b : tensor (*S, M, width)
+        """
+        coef_w, coef_b = params["W_coef"], params["b_coef"]
+        t = self.layer_times() if times is None else times
+        phi = self.basis.matrix(t, self.depth, self.horizon, dtype=coef_w.dtype)
+        weights = torch.einsum("mk,...kij->...mij", phi, coef_w)
+        biases = torch.einsum("mk,...ki->...mi", phi, coef_b)
+        return weights, biases
+
+    def stage_basis(self, offsets: Tensor | list[float]) -> Tensor:
+        """Basis functions at the stage times t_n + c dt of every step n.
+
+        Parameters
+        ----------
+        offsets : tensor (M,) or list of floats in [0, 1]
+            Stage offsets c, as fractions of a step.
+
+        Returns
+        -------
+        Tensor (depth, M, K) with entry [n, m, k] = phi_k(t_n + c_m dt), where phi is the basis
+        restricted to step n's interval [t_n, t_{n+1}]: for the Piecewise basis that is layer n's
+        indicator for every offset (the left limit at t_{n+1}).
+        """
+        c = torch.as_tensor(offsets, dtype=torch.float64).reshape(-1)
+        if not torch.isfinite(c).all() or (c < 0).any() or (c > 1).any():
+            raise ValueError(f"stage offsets must lie in [0, 1], got {c.tolist()}")
+        if isinstance(self.basis, Piecewise):
+            eye = torch.eye(self.depth, dtype=torch.float64)
+            return eye.unsqueeze(1).expand(self.depth, c.numel(), self.depth)
+        steps = torch.arange(self.depth, dtype=torch.float64).unsqueeze(-1)
+        times = ((steps + c) * self.dt).clamp(max=self.horizon)
+        phi = self.basis.matrix(times.reshape(-1), self.depth, self.horizon)
+        return phi.reshape(self.depth, c.numel(), -1)
+
+    def stage_weights(self, params: Mapping[str, Tensor], offsets: Tensor | list[float]
+                      ) -> tuple[Tensor, Tensor]:
+        """W and b at the stage times t_n + c dt of every step (see :meth:`stage_basis`).
+
+        Returns
+        -------
+        W : tensor (*S, depth, M, width, width)
+        b : tensor (*S, depth, M, width)
+        """
+        coef_w, coef_b = params["W_coef"], params["b_coef"]
+        phi = self.stage_basis(offsets).to(coef_w.dtype)
+        weights = torch.einsum("nmk,...kij->...nmij", phi, coef_w)
+        biases = torch.einsum("nmk,...ki->...nmi", phi, coef_b)
+        return weights, biases
+
+    def vector_field(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """act(W h + b) for hidden states h (*S, N, width), W (*S, width, width), b (*S, width)."""
+        return self._act(h @ weight.transpose(-1, -2) + bias.unsqueeze(-2))
+
+    def embed(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """Input layer: h_0 of shape (*S, N, width)."""
+        return x @ params["input_weight"].transpose(-1, -2) + params["input_bias"].unsqueeze(-2)
+
+    def readout(self, params: Mapping[str, Tensor], h: Tensor) -> Tensor:
+        """Output layer: (*S, N, out_dim)."""
+        return h @ params["output_weight"].transpose(-1, -2) + params["output_bias"].unsqueeze(-2)
+
+    def hidden_states(self, params: Mapping[str, Tensor], x: Tensor) -> list[Tensor]:
+        """The trajectory h_0, ..., h_L, each of shape (*S, N, width)."""
+        self._check_input(x)
+        self._sample_shape(params)
+        h = self.embed(params, x.to(params["input_weight"].dtype))
+        if self.integrator != "euler":
+            return self._runge_kutta_states(params, h)
+        weights, biases = self.layer_weights(params)
+        states = [h]
+        for n in range(self.depth):
+            h = h + self.dt * self.vector_field(h, weights[..., n, :, :], biases[..., n, :])
+            states.append(h)
+        return states
+
+    def _runge_kutta_states(self, params: Mapping[str, Tensor], h: Tensor) -> list[Tensor]:
+        tableau, dt = self.tableau, self.dt
+        offsets = sorted(set(tableau.c))  # rk4 evaluates W(t_n + dt/2) once for two stages
+        column = [offsets.index(c) for c in tableau.c]
+        weights, biases = self.stage_weights(params, offsets)
+        states = [h]
+        for n in range(self.depth):
+            slopes: list[Tensor] = []
+            for i in range(tableau.stages):
+                h_stage = h
+                for j, a_ij in enumerate(tableau.a[i]):
+                    if a_ij != 0.0:
+                        h_stage = h_stage + (dt * a_ij) * slopes[j]
+                m = column[i]
+                slopes.append(self.vector_field(h_stage, weights[..., n, m, :, :],
+                                                biases[..., n, m, :]))
+            h = h + dt * sum(b_i * k for b_i, k in zip(tableau.b, slopes, strict=True)
+                             if b_i != 0.0)
+            states.append(h)
+        return states
+
+    def forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """Network output for every leading sample index of ``params``.
+
+        Parameters
+        ----------
+        params : mapping of site name to tensor of shape (*S, *site_shape)
+        x : tensor of shape (N, in_dim)
+
+        Returns
+        -------
+        Tensor of shape (*S, N, out_dim).
+        """
+        return self.readout(params, self.hidden_states(params, x)[-1])
+
+    __call__ = forward
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": "ResNet",
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "width": self.width,
+            "depth": self.depth,
+            "basis": self.basis.config(),
+            "activation": self.activation,
+            "horizon": self.horizon,
+            "integrator": self.integrator,
+        }
+
+
+class MLP(Network):
+    """Plain feed-forward baseline: input layer, ``depth`` hidden layers h <- act(W h + b), output.
+
+    Parameter sites: ``input_weight (width, in_dim)``, ``input_bias (width,)``,
+    ``hidden_weight (depth, width, width)``, ``hidden_bias (depth, width)``,
+    ``output_weight (out_dim, width)``, ``output_bias (out_dim,)``. The input layer is followed by
+    the activation, so depth counts the hidden-to-hidden layers.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, width: int, depth: int,
+                 activation: str = "tanh") -> None:
+        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("width", width),
+                            ("depth", depth)):
+            _check_positive_int(name, value)
+        _check_activation(activation)
+        self.in_dim, self.out_dim, self.width, self.depth = in_dim, out_dim, width, depth
+        self.activation = activation
+
+    @property
+    def param_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
+        w = self.width
+        return OrderedDict(
+            input_weight=(w, self.in_dim),
+            input_bias=(w,),
+            hidden_weight=(self.depth, w, w),
+            hidden_bias=(self.depth, w),
+            output_weight=(self.out_dim, w),
+            output_bias=(self.out_dim,),
+        )
+
+    def forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """Network output, shape (*S, N, out_dim); see :meth:`ResNet.forward`."""
+        self._check_input(x)
+        self._sample_shape(params)
+        x = x.to(params["input_weight"].dtype)
+        h = self._act(x @ params["input_weight"].transpose(-1, -2)
+                      + params["input_bias"].unsqueeze(-2))
+        for n in range(self.depth):
+            weight = params["hidden_weight"][..., n, :, :]
+            bias = params["hidden_bias"][..., n, :]
+            h = self._act(h @ weight.transpose(-1, -2) + bias.unsqueeze(-2))
+        return h @ params["output_weight"].transpose(-1, -2) + params["output_bias"].unsqueeze(-2)
+
+    __call__ = forward
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": "MLP",
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "width": self.width,
+            "depth": self.depth,
+            "activation": self.activation,
+        }
+
+
+def network_from_config(config: Mapping[str, Any]) -> Network:
+    """Rebuild a :class:`ResNet` or :class:`MLP` from its ``config()``."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name == "ResNet":
+        config["basis"] = basis_from_config(config["basis"])
+        return ResNet(**config)
+    if name == "MLP":
+        return MLP(**config)
+    raise ValueError(f"unknown network {name!r}; expected 'ResNet' or 'MLP'")

@@ -1,0 +1,20 @@
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_store():
+    """Each test starts with an empty Pyro param store and leaves none behind."""
+    import pyro
+
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)
