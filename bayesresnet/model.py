@@ -129,12 +129,16 @@ class BayesianResNet(PyroModule):
         Returns the network's mean output, shape (*S, N, out_dim).
         """
         values = {name: pyro.sample(name, site.prior) for name, site in self._sites.items()}
-        output = self.net.forward(self.net_params(values), x)
-        loc, scale = self.likelihood.loc_scale(output, values)
+        loc, scale = self.loc_scale(values, x)
+        # Under enclosing plates (e.g. vectorized ELBO particles) global sites carry a size-1
+        # slot at the data plate's dim; the network's own N axis takes that place.
+        sample_dims = self._check_values(values)
+        if len(sample_dims) and sample_dims[-1] == 1:
+            loc, scale = loc.squeeze(-3), scale.squeeze(-3)
         if y is not None:
             y = _as_2d_targets(y, self.out_dim).to(loc.dtype)
         with pyro.plate("data", x.shape[0]):
-            obs_dist = dist.Normal(loc, scale.expand_as(loc), validate_args=False).to_event(1)
+            obs_dist = dist.Normal(loc, scale, validate_args=False).to_event(1)
             pyro.sample("obs", obs_dist, obs=y)
         return loc
 

@@ -58,12 +58,11 @@ def _mixture_quantile(loc: Tensor, scale: Tensor, q: float, iterations: int = 60
 
     loc, scale: (M, N, k); returns (N, k).
     """
-    normal = torch.distributions.Normal(torch.zeros((), dtype=loc.dtype), 1.0)
     lo = (loc - 10 * scale).amin(0)
     hi = (loc + 10 * scale).amax(0)
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        cdf = normal.cdf((mid - loc) / scale).mean(0)
+        cdf = torch.special.ndtr((mid - loc) / scale).mean(0)
         below = cdf < q
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)

@@ -1,0 +1,10 @@
+"""Inference: one ``fit`` for NUTS, mean-field and low-rank VI, deep ensembles and MAP."""
+
+from .base import InferenceMethod, MethodResult
+from .ensemble import MAP, Ensemble
+from .fit import METHODS, fit
+from .nuts import NUTS
+from .vi import LowRank, MeanField
+
+__all__ = ["MAP", "METHODS", "NUTS", "Ensemble", "InferenceMethod", "LowRank", "MeanField",
+           "MethodResult", "fit"]

@@ -1,0 +1,590 @@
+"""The ``bayesresnet`` command: demo, fit, predict and report.
+
+Commands
+--------
+``bayesresnet demo [--out DIR] [--fast] [--seed 0]``
+    Fits NUTS, mean-field VI, low-rank VI and a deep ensemble to the cubic toy (20 points), prints
+    a comparison table with metrics on 1000 fresh test points, and writes ``DIR/index.html`` (the
+    table and the four predictive bands side by side, see
+    :func:`bayesresnet.report.compare_report`) plus one full report per method in
+    ``DIR/<method>/`` (``index.html`` and ``posterior.nc``), and the table as ``DIR/summary.csv``.
+``bayesresnet fit DATA --target COL [--target COL ...] [--inputs COL ...] --out DIR``
+    Fits a Bayesian ResNet to a data file and writes ``DIR/posterior.nc`` and ``DIR/index.html``.
+``bayesresnet predict RUN.nc DATA [--out predictions.csv]``
+    Posterior predictive summaries at the inputs of a data file, as CSV.
+``bayesresnet report RUN.nc [--test DATA] [--out DIR]``
+    The HTML report of a saved run, optionally with test metrics and calibration.
+
+Data files
+----------
+A data file is either comma-separated (when its first line has a comma) or whitespace-separated.
+Its first line is a header of column names when any of its fields is not a number; otherwise
+there is no header. Every other line must hold one finite number per column; blank lines and
+lines starting with ``#`` are skipped. A column is named by its header name or by its 0-based
+number (a header name wins when a name is itself a number).
+
+``fit`` stores the input and target columns in the run (``Posterior.extra["columns"]``).
+``predict`` and ``report --test`` select the same columns: by name when the new file has a
+header and the run was fitted on named columns, else by number; a headerless file with exactly
+as many columns as the model has inputs is taken as the inputs in order (for ``predict``).
+
+Errors about the user's files or arguments (missing file, unknown column, non-numeric data, a
+file that is not a posterior, ...) print one line ``bayesresnet: error: ...`` to stderr and
+exit with status 1 (2 for malformed command lines); set ``BAYESRESNET_DEBUG=1`` to see the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEMO_SETTINGS", "CLIError", "DataTable", "main", "read_table"]
+
+DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "nuts": {"num_samples": 500, "warmup": 500, "chains": 4},
+        "meanfield": {"steps": 3000, "num_draws": 1000},
+        "lowrank": {"steps": 3000, "num_draws": 1000},
+        "ensemble": {"members": 8, "steps": 2000},
+    },
+    "fast": {
+        "nuts": {"num_samples": 40, "warmup": 40, "chains": 2, "max_tree_depth": 5,
+                 "init_steps": 100},
+        "meanfield": {"steps": 300, "num_draws": 200},
+        "lowrank": {"steps": 300, "num_draws": 200},
+        "ensemble": {"members": 4, "steps": 300},
+    },
+}
+"""Method settings of ``bayesresnet demo`` (full) and ``bayesresnet demo --fast``."""
+
+# Demo problem: the cubic toy with a small linear-basis ResNet.
+DEMO_TRAIN_POINTS = 20
+DEMO_TEST_POINTS = 1000
+DEMO_NET = {"width": 10, "depth": 8, "basis": "linear"}
+
+
+class CLIError(Exception):
+    """A problem with the user's files or arguments, reported as one line."""
+
+
+# ------------------------------------------------------------------------------- data files
+@dataclass
+class DataTable:
+    """A numeric table read from a data file.
+
+    Attributes
+    ----------
+    path : str
+    names : list of str or None
+        Header names (None when the file has no header).
+    values : ndarray (rows, columns)
+    """
+
+    path: str
+    names: list[str] | None
+    values: np.ndarray
+
+    @property
+    def num_columns(self) -> int:
+        return self.values.shape[1]
+
+    def column(self, spec: str | int) -> int:
+        """The 0-based index of a column given by header name or number."""
+        text = str(spec).strip()
+        if self.names is not None and text in self.names:
+            if self.names.count(text) > 1:
+                raise CLIError(f"{self.path}: column name {text!r} appears more than once")
+            return self.names.index(text)
+        if text.isdigit():
+            index = int(text)
+            if index >= self.num_columns:
+                raise CLIError(f"{self.path}: column {index} is out of range (the file has "
+                               f"{self.num_columns} columns, numbered 0 to "
+                               f"{self.num_columns - 1})")
+            return index
+        known = (", ".join(self.names) if self.names is not None
+                 else f"numbers 0 to {self.num_columns - 1} (the file has no header)")
+        raise CLIError(f"{self.path}: unknown column {text!r}; columns are {known}")
+
+    def label(self, index: int) -> str | int:
+        """The column's header name, or its number without a header."""
+        return self.names[index] if self.names is not None else index
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_table(path: str | os.PathLike) -> DataTable:
+    """Read a comma- or whitespace-separated numeric file (see the module docstring).
+
+    Raises
+    ------
+    CLIError
+        Missing or empty file, ragged rows, non-numeric or non-finite values.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CLIError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"{path} is a folder, not a data file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise CLIError(f"{path} is not a text data file (not UTF-8 text)") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise CLIError(f"{path} holds no data")
+    comma = "," in lines[0][1]
+    if comma:
+        rows = [(number, [field.strip() for field in fields]) for (number, _), fields in
+                zip(lines, csv.reader(line for _, line in lines), strict=True)]
+    else:
+        rows = [(number, line.split()) for number, line in lines]
+    names = None
+    if not all(_is_number(field) for field in rows[0][1]):
+        names = rows[0][1]
+        rows = rows[1:]
+        if any(not name for name in names):
+            raise CLIError(f"{path}: the header has an empty column name")
+    if not rows:
+        raise CLIError(f"{path} has a header but no data rows")
+    width = len(names) if names is not None else len(rows[0][1])
+    values = np.empty((len(rows), width))
+    for r, (number, fields) in enumerate(rows):
+        if len(fields) != width:
+            raise CLIError(f"{path} line {number}: {len(fields)} fields, expected {width}")
+        for c, field in enumerate(fields):
+            try:
+                value = float(field)
+            except ValueError:
+                column = names[c] if names is not None else c
+                raise CLIError(f"{path} line {number}, column {column!r}: {field!r} is not a "
+                               "number") from None
+            if not math.isfinite(value):
+                column = names[c] if names is not None else c
+                raise CLIError(f"{path} line {number}, column {column!r}: {field!r} is not a "
+                               "finite number")
+            values[r, c] = value
+    return DataTable(path, names, values)
+
+
+def _run_columns(posterior: Any) -> dict[str, Any] | None:
+    columns = posterior.extra.get("columns")
+    if isinstance(columns, dict) and isinstance(columns.get("inputs"), list) and \
+            isinstance(columns.get("targets"), list):
+        return columns
+    return None
+
+
+def _select(table: DataTable, labels: list[Any], numbers: list[int], named: bool) -> list[int]:
+    """Column indices in ``table`` of the run's columns (by name or by number)."""
+    if named and table.names is not None:
+        return [table.column(str(label)) for label in labels]
+    for number in numbers:
+        if number >= table.num_columns:
+            raise CLIError(f"{table.path} has {table.num_columns} columns but the run uses "
+                           f"column {number}")
+    return list(numbers)
+
+
+def _inputs_for(posterior: Any, table: DataTable, with_targets: bool
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs (and targets) of a run's columns from a new data file."""
+    in_dim, out_dim = posterior.model.in_dim, posterior.model.out_dim
+    columns = _run_columns(posterior)
+    if columns is None:
+        wanted = in_dim + (out_dim if with_targets else 0)
+        if table.num_columns != wanted:
+            what = (f"{in_dim} input and {out_dim} target column(s), in that order"
+                    if with_targets else f"{in_dim} input column(s)")
+            raise CLIError(f"the run stores no column names, so {table.path} must hold exactly "
+                           f"{what}; it has {table.num_columns}")
+        x = table.values[:, :in_dim]
+        return x, (table.values[:, in_dim:] if with_targets else None)
+    named = bool(columns.get("named"))
+    if not with_targets and table.num_columns == in_dim and \
+            (table.names is None or not named):
+        return table.values, None
+    x_cols = _select(table, columns["inputs"], columns["input_numbers"], named)
+    x = table.values[:, x_cols]
+    if not with_targets:
+        return x, None
+    y_cols = _select(table, columns["targets"], columns["target_numbers"], named)
+    return x, table.values[:, y_cols]
+
+
+# ------------------------------------------------------------------------------- commands
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch intra-op threads, restoring the previous number afterwards."""
+    import torch
+
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _format_rows(rows: list[dict[str, Any]]) -> str:
+    header = (f"{'method':<10} {'RMSE':>7} {'NLL':>7} {'cov95':>6} {'fit s':>7} "
+              f"{'convergence':<20} {'diagnose':<8}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        conv = (f"{r['convergence']} {r['convergence_value']:.3g}" if r["convergence"] else "-")
+        lines.append(f"{r['name']:<10} {r['rmse']:7.3f} {r['nll']:7.3f} "
+                     f"{r['coverage_95']:6.3f} {r['fit_seconds']:7.1f} {conv:<20} "
+                     f"{'ok' if r['diagnostics_ok'] else 'FAILED':<8}")
+    return "\n".join(lines)
+
+
+def _write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys = ["name", "method", "data", "rmse", "nll", "coverage_95", "width_95", "crps",
+            "fit_seconds", "convergence", "convergence_value", "diagnostics_ok"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys)
+        for r in rows:
+            writer.writerow([r[k] for k in keys])
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import bayesresnet as brn
+    from bayesresnet.report import compare_report, summary_rows
+
+    fast = args.fast or os.environ.get("BAYESRESNET_FAST", "") not in ("", "0")
+    settings = DEMO_SETTINGS["fast" if fast else "full"]
+    out = Path(args.out)
+    x, y = brn.data.cubic(DEMO_TRAIN_POINTS, seed=args.seed)
+    x_test, y_test = brn.data.cubic(DEMO_TEST_POINTS, seed=args.seed + 1)
+    net = brn.ResNet(in_dim=1, out_dim=1, **DEMO_NET)
+    model = brn.BayesianResNet(net, prior=brn.priors.Normal(1.0),
+                               likelihood=brn.likelihoods.Gaussian())
+    methods = {"nuts": brn.NUTS(**settings["nuts"]),
+               "meanfield": brn.MeanField(**settings["meanfield"]),
+               "lowrank": brn.LowRank(**settings["lowrank"]),
+               "ensemble": brn.Ensemble(**settings["ensemble"])}
+    print(f"bayesresnet demo: cubic toy, {DEMO_TRAIN_POINTS} training points, "
+          f"{DEMO_TEST_POINTS} test points; ResNet width {DEMO_NET['width']}, depth "
+          f"{DEMO_NET['depth']}, {DEMO_NET['basis']} basis ({model.dim} parameters)"
+          + (" [fast settings]" if fast else ""), flush=True)
+    start = time.perf_counter()
+    posteriors = {}
+    with _threads(args.threads):
+        for name, method in methods.items():
+            post = brn.fit(model, x, y, method=method, seed=args.seed, progress=_progress(args))
+            print(f"  {name:<10} fitted in {post.fit_seconds:6.1f} s", flush=True)
+            posteriors[name] = post
+        rows = summary_rows(posteriors, x_test, y_test)
+        print()
+        print(_format_rows(rows))
+        page = compare_report(posteriors, out, x_test, y_test,
+                              title="bayesresnet demo: the cubic toy")
+    _write_summary_csv(rows, out / "summary.csv")
+    print(f"\nreports written to {page} (one per method in {out}/<method>/); total "
+          f"{time.perf_counter() - start:.1f} s")
+    return 0
+
+
+_METHOD_FLAGS = {
+    "nuts": {"samples": "num_samples", "warmup": "warmup", "chains": "chains"},
+    "meanfield": {"steps": "steps", "samples": "num_draws"},
+    "lowrank": {"steps": "steps", "samples": "num_draws"},
+    "ensemble": {"steps": "steps", "members": "members"},
+    "map": {"steps": "steps"},
+}
+
+
+def _method(args: argparse.Namespace) -> Any:
+    from bayesresnet.inference.fit import METHODS
+
+    allowed = _METHOD_FLAGS[args.method]
+    settings = {}
+    for flag in ("samples", "warmup", "chains", "steps", "members"):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if flag not in allowed:
+            raise CLIError(f"--{flag} does not apply to method {args.method!r} (its flags: "
+                           f"{', '.join('--' + f for f in allowed)})")
+        settings[allowed[flag]] = value
+    return METHODS[args.method](**settings)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import bayesresnet as brn
+    from bayesresnet.report import report
+
+    table = read_table(args.data)
+    targets = [table.column(spec) for spec in args.target]
+    if len(set(targets)) != len(targets):
+        raise CLIError("the same column is given twice as --target")
+    if args.inputs:
+        inputs = [table.column(spec) for spec in args.inputs]
+        if len(set(inputs)) != len(inputs):
+            raise CLIError("the same column is given twice in --inputs")
+        both = sorted(set(inputs) & set(targets))
+        if both:
+            raise CLIError(f"column(s) {', '.join(str(table.label(c)) for c in both)} are "
+                           "both inputs and targets")
+    else:
+        inputs = [c for c in range(table.num_columns) if c not in targets]
+        if not inputs:
+            raise CLIError(f"{table.path} has no columns left as inputs besides the targets")
+    method = _method(args)
+    x, y = table.values[:, inputs], table.values[:, targets]
+    test = None
+    if args.test is not None:
+        test_table = read_table(args.test)
+        named = table.names is not None
+        labels = [table.label(c) for c in inputs], [table.label(c) for c in targets]
+        test = (test_table.values[:, _select(test_table, labels[0], inputs, named)],
+                test_table.values[:, _select(test_table, labels[1], targets, named)])
+    net = brn.ResNet(in_dim=len(inputs), out_dim=len(targets), width=args.width,
+                     depth=args.depth, basis=args.basis)
+    model = brn.BayesianResNet(net, prior=brn.priors.Normal(1.0),
+                               likelihood=brn.likelihoods.Gaussian())
+    with _threads(args.threads):
+        post = brn.fit(model, x, y, method=method, seed=args.seed, progress=_progress(args))
+        post.extra["columns"] = {
+            "named": table.names is not None,
+            "inputs": [table.label(c) for c in inputs],
+            "targets": [table.label(c) for c in targets],
+            "input_numbers": inputs,
+            "target_numbers": targets,
+        }
+        page = report(post, args.out, *(test if test is not None else (None, None)))
+    print(f"fitted {method.name} in {post.fit_seconds:.1f} s: {len(x)} rows, inputs "
+          f"{', '.join(map(str, post.extra['columns']['inputs']))}; targets "
+          f"{', '.join(map(str, post.extra['columns']['targets']))}")
+    print(post.diagnose())
+    print(f"wrote {Path(args.out) / 'posterior.nc'} and {page}")
+    return 0
+
+
+def _load(path: str) -> Any:
+    from bayesresnet.export import load
+
+    if not os.path.exists(path):
+        raise CLIError(f"no such file: {path}")
+    return load(path)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    post = _load(args.run)
+    table = read_table(args.data)
+    x, _ = _inputs_for(post, table, with_targets=False)
+    pred = post.predict(x, num_draws=args.draws)
+    lower, upper = pred.interval(0.95)
+    out_dim = post.model.out_dim
+    columns = _run_columns(post)
+    target_names = ([str(t) for t in columns["targets"]] if columns is not None
+                    else [f"y{j}" for j in range(out_dim)])
+    fields = {"mean": pred.mean, "std": pred.std, "epistemic_std": pred.epistemic_std,
+              "aleatoric_std": pred.aleatoric_std, "lower_95": lower, "upper_95": upper}
+    header, blocks = [], []
+    for j in range(out_dim):
+        for key, values in fields.items():
+            header.append(key if out_dim == 1 else f"{target_names[j]}_{key}")
+            blocks.append(values[:, j])
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"{out} is a folder; --out needs a file name")
+    if not out.parent.is_dir():
+        raise CLIError(f"folder {out.parent} does not exist")
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in np.stack(blocks, axis=1):
+            writer.writerow([repr(float(v)) for v in row])
+    print(f"wrote {len(x)} predictions ({', '.join(header[:len(fields)])}"
+          f"{' per output' if out_dim > 1 else ''}) to {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bayesresnet.report import report
+
+    post = _load(args.run)
+    x_test = y_test = None
+    if args.test is not None:
+        x_test, y_test = _inputs_for(post, read_table(args.test), with_targets=True)
+    run = Path(args.run)
+    out = Path(args.out) if args.out is not None else run.with_name(f"{run.stem}_report")
+    page = report(post, out, x_test, y_test)
+    print(f"wrote {page}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- parser
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bayesresnet`` command."""
+    from bayesresnet._version import __version__
+    from bayesresnet.inference.fit import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="bayesresnet",
+        description="Bayesian weight-parameterized residual networks: fit, predict, report.",
+        epilog="Run 'bayesresnet COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"bayesresnet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="fit four methods to the cubic toy and compare them",
+        description="Fit NUTS, mean-field VI, low-rank VI and a deep ensemble to the cubic "
+                    "toy (20 points; ResNet width 10, depth 8, linear basis), print RMSE, NLL "
+                    "and 95%% coverage on 1000 fresh test points with each method's fit time "
+                    "and convergence check, and write OUT/index.html (comparison), "
+                    "OUT/<method>/index.html and posterior.nc (one report per method) and "
+                    "OUT/summary.csv.")
+    demo.add_argument("--out", default="demo_report", help="output folder (default: %(default)s)")
+    demo.add_argument("--fast", action="store_true",
+                      help="tiny settings for a quick check (also BAYESRESNET_FAST=1)")
+    demo.add_argument("--seed", type=_non_negative, default=0, help="seed (default: 0)")
+    demo.add_argument("--threads", type=_positive, default=1,
+                      help="torch threads; the demo's model is tiny, so 1 is fastest "
+                           "(default: 1)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_cmd_demo)
+
+    fit = commands.add_parser(
+        "fit", help="fit a Bayesian ResNet to a data file",
+        description="Fit a Bayesian ResNet to DATA (CSV with a header, columns by name, or "
+                    "whitespace-separated numbers, columns by 0-based number) and write "
+                    "OUT/posterior.nc and the report OUT/index.html. Method settings not given "
+                    "are the method's defaults.")
+    fit.add_argument("data", metavar="DATA", help="training data file")
+    fit.add_argument("--target", action="append", required=True, metavar="COL",
+                     help="target column (repeat for several outputs)")
+    fit.add_argument("--inputs", nargs="+", metavar="COL",
+                     help="input columns (default: every column that is not a target)")
+    fit.add_argument("--method", choices=sorted(METHODS), default="nuts",
+                     help="inference method (default: %(default)s)")
+    fit.add_argument("--basis", default="cubic",
+                     help="depth basis: piecewise, constant, linear, cubic, legendre<k>, "
+                          "monomial<k> (default: %(default)s)")
+    fit.add_argument("--width", type=_positive, default=16, help="hidden width (default: 16)")
+    fit.add_argument("--depth", type=_positive, default=8, help="residual steps (default: 8)")
+    fit.add_argument("--seed", type=_non_negative, default=0, help="seed (default: 0)")
+    fit.add_argument("--out", required=True, help="output folder")
+    fit.add_argument("--test", metavar="DATA",
+                     help="held-out data with the same columns: test metrics in the report")
+    fit.add_argument("--samples", type=_positive,
+                     help="draws kept (NUTS: per chain; VI: from the fitted guide)")
+    fit.add_argument("--warmup", type=_non_negative, help="NUTS warmup iterations per chain")
+    fit.add_argument("--chains", type=_positive, help="NUTS chains")
+    fit.add_argument("--steps", type=_positive, help="optimization steps (VI, ensemble, MAP)")
+    fit.add_argument("--members", type=_positive, help="ensemble members")
+    fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.set_defaults(handler=_cmd_fit)
+
+    predict = commands.add_parser(
+        "predict", help="posterior predictive summaries at new inputs, as CSV",
+        description="Predict at the inputs of DATA with a saved run. Writes the columns mean, "
+                    "std, epistemic_std, aleatoric_std, lower_95, upper_95 (prefixed by the "
+                    "target name with several outputs), one row per row of DATA. Inputs are "
+                    "the run's input columns, by name when DATA has a header, else by number; "
+                    "a headerless DATA with exactly as many columns as the model has inputs is "
+                    "taken as the inputs in order.")
+    predict.add_argument("run", metavar="RUN.nc", help="a run saved by 'bayesresnet fit'")
+    predict.add_argument("data", metavar="DATA", help="data file with the input columns")
+    predict.add_argument("--out", default="predictions.csv",
+                         help="output CSV file (default: %(default)s)")
+    predict.add_argument("--draws", type=_positive,
+                         help="use a random subset of this many posterior draws")
+    predict.set_defaults(handler=_cmd_predict)
+
+    rep = commands.add_parser(
+        "report", help="HTML report of a saved run",
+        description="Write the HTML diagnostic report of a saved run (and a copy of the run as "
+                    "posterior.nc) into OUT. With --test, adds test metrics and a calibration "
+                    "curve; the test file needs the run's input and target columns.")
+    rep.add_argument("run", metavar="RUN.nc", help="a saved run")
+    rep.add_argument("--test", metavar="DATA", help="held-out data with inputs and targets")
+    rep.add_argument("--out", help="output folder (default: RUN_report next to RUN.nc)")
+    rep.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bayesresnet`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 for an error in the user's files or arguments (one line
+        on stderr), 2 for a malformed command line (argparse's usage message), 130 when
+        interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    from bayesresnet.export import PosteriorFileError
+
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("bayesresnet: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, PosteriorFileError, ValueError, OSError) as err:
+        if os.environ.get("BAYESRESNET_DEBUG", "") not in ("", "0"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"bayesresnet: error: {message}", file=sys.stderr)
+        return 1

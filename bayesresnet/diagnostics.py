@@ -1,0 +1,480 @@
+"""Convergence diagnostics for every inference method, with documented pass/fail thresholds.
+
+NUTS (Vehtari, Gelman, Simpson, Carpenter & Buerkner 2021; Betancourt 2017)
+    * R-hat: rank-normalized split R-hat (``arviz.rhat``), max over the identifiable quantities
+      (the noise, the hierarchical scales, and the network mean ``f`` at up to
+      ``MAX_FUNCTION_POINTS`` training inputs; raw weights are not identifiable because of the
+      network's permutation and sign symmetries, so their R-hat says nothing). Passes below
+      ``RHAT_MAX = 1.01``, Vehtari et al.'s recommendation (1.05 is often tolerated for rough
+      work; we flag it). A quantity that does not vary within chains has no R-hat and fails.
+    * Bulk and tail ESS (``arviz.ess``), min over the same quantities; pass above
+      ``ESS_PER_CHAIN = 100`` per chain (Vehtari et al.: 100 per chain makes R-hat and the ESS
+      estimate themselves reliable).
+    * Divergences: fraction of post-warmup transitions that diverged; pass at most
+      ``DIVERGENCE_MAX = 1%``. Any divergence is listed as a warning, since even a few can mean
+      the sampler misses a region of the posterior.
+    * Maximum tree depth: fraction of transitions whose trajectory was cut at ``max_tree_depth``;
+      pass at most ``TREE_DEPTH_MAX = 5%``. Saturation costs efficiency rather than validity,
+      but beyond a few percent the sampler degrades toward a random walk.
+    * E-BFMI per chain, ``mean(diff(E)^2) / var(E)`` of the energies (as ``arviz.bfmi``); pass
+      at least ``EBFMI_MIN = 0.3`` in every chain (Betancourt 2016).
+VI
+    * ELBO convergence: the least-squares drift of the ELBO over the last 10% of steps (at least
+      100 steps where the run has 200) against the larger of the ELBO's own noise there (residual
+      SD) and 1% of its total change; passes when the ratio is at most 1 (see
+      :func:`trend_ratio`).
+    * Pareto k-hat of the PSIS importance weights ``log p(theta, y) - log q(theta)`` of the
+      draws (Yao, Vehtari, Simpson & Gelman 2018): passes at most ``KHAT_MAX = 0.7``; between
+      0.5 and 0.7 a warning that the approximation is only roughly right.
+Ensembles and MAP
+    * Optimization convergence of each member's loss, as for the ELBO (max over members).
+    * Ensembles: spread of the member predictions at the training inputs (mean SD of ``f``
+      across members) relative to the mean noise scale; below ``COLLAPSE_MIN = 0.01`` the members
+      collapsed to one point and the ensemble quantifies no model uncertainty.
+    * MAP: one point; a note that no model uncertainty is quantified.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .posterior import Posterior
+
+__all__ = [
+    "COLLAPSE_MIN",
+    "DIVERGENCE_MAX",
+    "EBFMI_MIN",
+    "ESS_PER_CHAIN",
+    "KHAT_MAX",
+    "RHAT_MAX",
+    "TREE_DEPTH_MAX",
+    "ConvergenceWarning",
+    "Diagnostics",
+    "diagnose",
+    "ebfmi",
+    "psis_khat",
+    "trend_ratio",
+    "warn_if_failed",
+]
+
+RHAT_MAX = 1.01
+ESS_PER_CHAIN = 100
+DIVERGENCE_MAX = 0.01
+TREE_DEPTH_MAX = 0.05
+EBFMI_MIN = 0.3
+KHAT_MAX = 0.7
+KHAT_GOOD = 0.5
+TREND_MAX = 1.0
+COLLAPSE_MIN = 0.01
+# R-hat and ESS of f are computed at this many training inputs at most (evenly spaced).
+MAX_FUNCTION_POINTS = 256
+
+
+class ConvergenceWarning(UserWarning):
+    """An inference run failed one of its convergence checks (see :func:`diagnose`)."""
+
+
+@dataclass
+class _Check:
+    check: str
+    value: float
+    rule: str  # "<", "<=", ">", ">="
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        if not math.isfinite(self.value):
+            return False
+        return {"<": self.value < self.threshold, "<=": self.value <= self.threshold,
+                ">": self.value > self.threshold, ">=": self.value >= self.threshold}[self.rule]
+
+
+@dataclass
+class Diagnostics:
+    """The outcome of :func:`diagnose`.
+
+    Attributes
+    ----------
+    method : str
+        Name of the inference method.
+    checks : list
+        The checks in order (see :attr:`table`).
+    warnings : list of str
+        Human-readable problems (every failed check, plus softer issues).
+    notes : list of str
+        Context that is not a problem (e.g. a check that does not apply).
+    details : dict
+        Per-quantity numbers behind the checks (e.g. ``"ebfmi"`` per chain, ``"rhat"`` per
+        quantity name).
+    """
+
+    method: str
+    shape: tuple[int, int]
+    checks: list[_Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the checks that failed."""
+        return [c.check for c in self.checks if not c.passed]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per check: ``check``, ``value``, ``rule``, ``threshold``, ``passed``."""
+        import pandas as pd
+
+        rows = [{"check": c.check, "value": c.value, "rule": c.rule, "threshold": c.threshold,
+                 "passed": c.passed} for c in self.checks]
+        return pd.DataFrame(rows, columns=["check", "value", "rule", "threshold", "passed"])
+
+    def __str__(self) -> str:
+        chains, draws = self.shape
+        failed = self.failed
+        verdict = ("all checks passed" if not failed else
+                   f"{len(failed)} of {len(self.checks)} checks FAILED")
+        lines = [f"{self.method} diagnostics ({chains} chain(s) x {draws} draw(s)): {verdict}"]
+        if self.checks:
+            width = max(len(c.check) for c in self.checks)
+            for c in self.checks:
+                lines.append(f"  {c.check:<{width}}  {c.value:>10.4g}  {c.rule} "
+                             f"{c.threshold:<8.4g}  {'ok' if c.passed else 'FAIL'}")
+        for title, items in (("warnings", self.warnings), ("notes", self.notes)):
+            if items:
+                lines.append(f"{title}:")
+                lines.extend(f"  - {item}" for item in items)
+        return "\n".join(lines)
+
+    def _add(self, check: str, value: float, rule: str, threshold: float,
+             warning: str | None = None) -> _Check:
+        item = _Check(check, float(value), rule, float(threshold))
+        self.checks.append(item)
+        if not item.passed and warning:
+            self.warnings.append(warning)
+        return item
+
+
+# ---------------------------------------------------------------------------------- statistics
+def ebfmi(energy: Any) -> np.ndarray:
+    """Estimated Bayesian fraction of missing information of each chain.
+
+    Parameters
+    ----------
+    energy : array (chain, draw)
+        Hamiltonian energy of each transition.
+
+    Returns
+    -------
+    ndarray (chain,)
+        ``mean(diff(E)^2) / var(E)`` per chain (unbiased variance, as ``arviz.bfmi``).
+    """
+    energy = np.atleast_2d(np.asarray(energy, dtype=np.float64))
+    if energy.ndim != 2 or energy.shape[1] < 3:
+        raise ValueError(f"energy must have shape (chain, draw) with at least 3 draws, "
+                         f"got {energy.shape}")
+    return np.square(np.diff(energy, axis=1)).mean(axis=1) / energy.var(axis=1, ddof=1)
+
+
+def psis_khat(log_weights: Any) -> float:
+    """Pareto k-hat of the upper tail of importance weights (PSIS, ``arviz.psislw``).
+
+    Parameters
+    ----------
+    log_weights : array (S,)
+        Unnormalized log importance weights, e.g. ``log p(theta_s, y) - log q(theta_s)``.
+
+    Returns
+    -------
+    float
+        k-hat; above 0.7 the importance-weighted estimates are unreliable (Yao et al. 2018).
+        ``inf`` when too few draws fall in the tail to fit it (fewer than ~25 draws).
+    """
+    import arviz as az
+
+    log_weights = np.array(log_weights, dtype=np.float64).reshape(-1)
+    if log_weights.size < 2 or not np.isfinite(log_weights).all():
+        raise ValueError("log_weights must hold at least 2 finite values")
+    with warnings.catch_warnings():
+        # ArviZ warns about k-hat > 0.7 itself; the caller judges the value.
+        warnings.simplefilter("ignore", UserWarning)
+        _, khat = az.psislw(log_weights, reff=1.0)
+    return float(khat)
+
+
+def trend_ratio(history: Any, fraction: float = 0.1) -> float:
+    """How much an optimization objective still moves at the end, relative to its noise.
+
+    Over the last ``fraction`` of the steps (at least ``min(100, steps // 2)`` steps), a
+    least-squares line is fitted; its change across that window is divided by the larger of the
+    residual standard deviation (the objective's own step-to-step noise) and 1% of the total
+    change from the first step to the window's median. Values at most 1 mean converged: the
+    objective moves less than its noise, or by less than 1% of what it already gained.
+
+    Parameters
+    ----------
+    history : array (steps,)
+        Objective per step (ELBO or loss; the sign does not matter).
+
+    Returns
+    -------
+    float
+        The ratio; NaN with fewer than 20 steps or non-finite values in the window.
+    """
+    h = np.asarray(history, dtype=np.float64).reshape(-1)
+    n = h.size
+    window = max(math.ceil(fraction * n), min(100, n // 2))
+    if n < 20 or window < 10:
+        return math.nan
+    tail = h[-window:]
+    if not np.isfinite(tail).all() or not math.isfinite(h[0]):
+        return math.nan
+    t = np.arange(window, dtype=np.float64)
+    slope, intercept = np.polyfit(t, tail, 1)
+    noise = (tail - (slope * t + intercept)).std(ddof=2)
+    drift = abs(slope) * (window - 1)
+    center = float(np.median(tail))
+    scale = max(noise, 0.01 * abs(center - h[0]), 1e-12 * (1.0 + abs(center)))
+    return float(drift / scale)
+
+
+# ---------------------------------------------------------------------------------- per method
+def _function_values(posterior: Posterior) -> np.ndarray:
+    """f at (up to MAX_FUNCTION_POINTS) training inputs, (chain, draw, points, out_dim)."""
+    from .export import _evaluate
+
+    x = posterior.x_train
+    if x.shape[0] > MAX_FUNCTION_POINTS:
+        x = x[np.linspace(0, x.shape[0] - 1, MAX_FUNCTION_POINTS).round().astype(int)]
+    loc, _, _ = _evaluate(posterior, torch.as_tensor(x), None)
+    return loc.numpy()
+
+
+def _identifiable(posterior: Posterior) -> dict[str, np.ndarray]:
+    """Quantities whose R-hat and ESS are meaningful, each (chain, draw, ...)."""
+    out = {name: value.numpy() for name, value in posterior.draws.items()
+           if name == "noise" or (name.endswith("_scale") and value.dim() == 2)}
+    out["f"] = _function_values(posterior)
+    return out
+
+
+def _worst(dataset: Any, largest: bool) -> tuple[float, str]:
+    """The max (or min) over every element of every variable, and where it is."""
+    best_value, best_where = (-math.inf if largest else math.inf), ""
+    for name, var in dataset.data_vars.items():
+        values = np.asarray(var.values, dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            continue
+        if np.isnan(values).any():
+            return math.nan, f"{name} (not computable: no variation within chains)"
+        index = int(values.argmax() if largest else values.argmin())
+        value = float(values[index])
+        if (value > best_value) if largest else (value < best_value):
+            where = name if var.ndim == 0 else \
+                f"{name}[{', '.join(map(str, np.unravel_index(index, var.shape)))}]"
+            best_value, best_where = value, where
+    return best_value, best_where
+
+
+def _diagnose_nuts(posterior: Posterior, diag: Diagnostics) -> None:
+    import arviz as az
+
+    chains, draws = diag.shape
+    quantities = az.convert_to_dataset(_identifiable(posterior))
+    with warnings.catch_warnings():
+        # Short chains make ArviZ warn; the thresholds below report it.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = az.rhat(quantities, method="rank")
+        bulk = az.ess(quantities, method="bulk")
+        tail = az.ess(quantities, method="tail")
+    diag.details["rhat"], diag.details["ess_bulk"], diag.details["ess_tail"] = rhat, bulk, tail
+    value, where = _worst(rhat, largest=True)
+    diag._add("max R-hat", value, "<", RHAT_MAX,
+              f"R-hat {value:.3f} at {where} (should be < {RHAT_MAX}): chains disagree; "
+              "run longer or reparameterize")
+    min_ess = ESS_PER_CHAIN * chains
+    for label, data in (("bulk", bulk), ("tail", tail)):
+        value, where = _worst(data, largest=False)
+        diag._add(f"min {label} ESS", value, ">", min_ess,
+                  f"{label} ESS {value:.0f} at {where} (should be > {min_ess}, i.e. "
+                  f"{ESS_PER_CHAIN} per chain): draw more samples")
+
+    stats = posterior.stats
+    if "diverging" in stats:
+        diverging = _numpy(stats["diverging"]).astype(bool)
+        fraction = float(diverging.mean())
+        diag._add("divergence fraction", fraction, "<=", DIVERGENCE_MAX,
+                  f"{fraction:.1%} of transitions diverged (at most {DIVERGENCE_MAX:.0%} "
+                  "allowed): raise target_accept or reparameterize")
+        if 0 < fraction <= DIVERGENCE_MAX:
+            diag.warnings.append(f"{int(diverging.sum())} divergent transition(s): the sampler "
+                                 "may miss part of the posterior; consider a higher "
+                                 "target_accept")
+    else:
+        diag.notes.append("stats lack 'diverging'; divergence check skipped")
+    if "reached_max_tree_depth" in stats:
+        fraction = float(_numpy(stats["reached_max_tree_depth"]).astype(bool).mean())
+        diag._add("max tree depth fraction", fraction, "<=", TREE_DEPTH_MAX,
+                  f"{fraction:.1%} of transitions hit the maximum tree depth (at most "
+                  f"{TREE_DEPTH_MAX:.0%} allowed): raise max_tree_depth or improve warmup")
+    else:
+        diag.notes.append("stats lack 'reached_max_tree_depth'; tree depth check skipped")
+    if "energy" in stats and draws >= 3:
+        values = ebfmi(_numpy(stats["energy"]))
+        diag.details["ebfmi"] = values
+        worst = int(np.argmin(values))
+        diag._add("min E-BFMI", float(values[worst]), ">=", EBFMI_MIN,
+                  f"E-BFMI {values[worst]:.2f} in chain {worst} (should be >= {EBFMI_MIN}): "
+                  "momentum resampling explores the energy poorly; reparameterize")
+    else:
+        diag.notes.append("no energies (or fewer than 3 draws); E-BFMI check skipped")
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def _add_trend(diag: Diagnostics, histories: np.ndarray, label: str) -> None:
+    """histories: (steps, members)."""
+    steps = histories.shape[0]
+    ratios = np.array([trend_ratio(histories[:, m]) for m in range(histories.shape[1])])
+    diag.details[f"{label}_trend"] = ratios
+    value = float(np.nan if np.isnan(ratios).any() else ratios.max())
+    if math.isfinite(value):
+        message = (f"the {label} still moves at the end of the run ({value:.2g} x its noise or "
+                   "1% of its total change): run more steps")
+    elif steps < 20:
+        message = f"only {steps} optimization steps: too few to judge the {label}'s convergence"
+    else:
+        message = f"the {label} is not finite at the end of the run"
+    diag._add(f"{label} trend (last 10%)", value, "<=", TREND_MAX, message)
+
+
+def _diagnose_vi(posterior: Posterior, diag: Diagnostics) -> None:
+    stats = posterior.stats
+    if "elbo" in stats:
+        _add_trend(diag, _numpy(stats["elbo"]).reshape(-1, 1), "ELBO")
+    else:
+        diag.notes.append("stats lack 'elbo'; ELBO convergence check skipped")
+    if "log_joint" in stats and "log_q" in stats:
+        log_w = (_numpy(stats["log_joint"]) - _numpy(stats["log_q"])).reshape(-1)
+        if not np.isfinite(log_w).all():
+            diag._add("PSIS k-hat", math.nan, "<=", KHAT_MAX,
+                      "non-finite importance weights: the guide puts mass where the model "
+                      "has none")
+            return
+        khat = psis_khat(log_w)
+        diag.details["khat"] = khat
+        diag._add("PSIS k-hat", khat, "<=", KHAT_MAX,
+                  f"Pareto k-hat {khat:.2f} > {KHAT_MAX}: the variational approximation is "
+                  "far from the posterior (Yao et al. 2018); its uncertainty is untrustworthy")
+        if KHAT_GOOD < khat <= KHAT_MAX:
+            diag.warnings.append(f"Pareto k-hat {khat:.2f} is between {KHAT_GOOD} and "
+                                 f"{KHAT_MAX}: the approximation is only roughly right")
+        if log_w.size < 100:
+            diag.notes.append(f"k-hat from only {log_w.size} draws is a rough estimate")
+    else:
+        diag.notes.append("stats lack 'log_joint'/'log_q'; PSIS k-hat check skipped")
+
+
+def _diagnose_ensemble(posterior: Posterior, diag: Diagnostics, single: bool) -> None:
+    from .export import _evaluate
+
+    if "loss" in posterior.stats:
+        loss = _numpy(posterior.stats["loss"])
+        _add_trend(diag, loss.reshape(loss.shape[0], -1), "loss")
+    else:
+        diag.notes.append("stats lack 'loss'; optimization convergence check skipped")
+    if single:
+        diag.notes.append("MAP is one point: no model (epistemic) uncertainty is quantified; "
+                          "predictive intervals contain the observation noise only")
+        return
+    members = diag.shape[0] * diag.shape[1]
+    if members < 2:
+        diag.notes.append("an ensemble of one member quantifies no model uncertainty")
+        return
+    loc, scale, _ = _evaluate(posterior, torch.as_tensor(posterior.x_train), None)
+    f = loc.reshape(members, *loc.shape[2:]).numpy()
+    spread = float(f.std(axis=0, ddof=1).mean())
+    noise = float(scale.mean())
+    ratio = spread / noise if noise > 0 else math.inf
+    diag.details["member_spread"], diag.details["noise_scale"] = spread, noise
+    diag._add("member spread / noise", ratio, ">=", COLLAPSE_MIN,
+              f"the {members} members collapsed to one point (prediction spread {spread:.3g} "
+              f"vs noise {noise:.3g}): the ensemble quantifies no model uncertainty; use "
+              "distinct initializations or anchored=True")
+
+
+def diagnose(posterior: Posterior) -> Diagnostics:
+    """Check whether an inference run converged, with the checks fitting its method.
+
+    See the module docstring for the checks and their thresholds.
+
+    Parameters
+    ----------
+    posterior : Posterior
+
+    Returns
+    -------
+    Diagnostics
+        ``ok``, ``table`` (check, value, rule, threshold, passed), ``warnings``, ``notes``.
+    """
+    from .posterior import Posterior
+
+    if not isinstance(posterior, Posterior):
+        raise ValueError(f"posterior must be a bayesresnet Posterior, got "
+                         f"{type(posterior).__name__}")
+    name = posterior.method.name
+    diag = Diagnostics(name, (posterior.num_chains, posterior.num_draws))
+    if name == "nuts":
+        _diagnose_nuts(posterior, diag)
+    elif name in ("meanfield", "lowrank"):
+        _diagnose_vi(posterior, diag)
+    elif name in ("ensemble", "map"):
+        _diagnose_ensemble(posterior, diag, single=name == "map")
+    else:
+        diag.notes.append(f"no convergence checks are defined for method {name!r}")
+    return diag
+
+
+def warn_if_failed(diagnostics: Diagnostics, stacklevel: int = 2) -> bool:
+    """Issue a :class:`ConvergenceWarning` when any check failed.
+
+    Parameters
+    ----------
+    diagnostics : Diagnostics
+    stacklevel : int
+        Passed to ``warnings.warn``: 2 points at the caller of this function, 3 at its caller
+        (e.g. the user's call of ``fit``).
+
+    Returns
+    -------
+    bool
+        Whether a warning was issued.
+    """
+    if not isinstance(diagnostics, Diagnostics):
+        raise ValueError(f"expected Diagnostics, got {type(diagnostics).__name__}")
+    if diagnostics.ok:
+        return False
+    problems = "; ".join(diagnostics.warnings) or ", ".join(diagnostics.failed)
+    warnings.warn(f"{diagnostics.method} failed {len(diagnostics.failed)} convergence "
+                  f"check(s): {problems}. See Posterior.diagnose() for the table.",
+                  ConvergenceWarning, stacklevel=stacklevel)
+    return True

@@ -1,0 +1,428 @@
+"""The No-U-Turn Sampler on the model's flat unconstrained log density.
+
+Every backend receives the same things: a log density of flat unconstrained vectors z, starting
+points (C, D) for C chains, and the warmup and sampling settings. It returns the draws (C, S, D)
+and per-draw statistics (C, S). What surrounds the backend is shared: the choice of starting
+points (a short batched MAP optimization or prior draws), turning flat draws into constrained
+site draws, and evaluating the log joint of every draw.
+
+Backends
+--------
+``"vectorized"`` (default)
+    Our No-U-Turn sampler (:mod:`bayesresnet.inference.nuts_kernel`,
+    :mod:`bayesresnet.inference.adaptation`) with all C chains advancing in lock-step: every
+    leapfrog step is one batched gradient of the log density over a (C, D) tensor, chains whose
+    trees have finished are masked, and each chain adapts its own step size and mass matrix.
+``"pyro"``
+    Pyro's ``NUTS`` kernel driven by ``MCMC``, one chain after another, on the potential
+    ``-model.log_density(z, x, y)`` (no re-trace of the Pyro model), with Pyro's windowed
+    step-size and mass-matrix adaptation. A small subclass of the kernel records the per-draw
+    statistics that Pyro computes but does not keep (see :func:`sample_pyro`).
+
+Per-draw statistics (arrays of shape (chain, draw), post-warmup only)
+----------------------------------------------------------------------
+``diverging``
+    The energy error of a trajectory point exceeded 1000 (or was not finite) while the tree
+    was built.
+``tree_depth``
+    Number of trajectory doublings, 1 <= depth <= ``max_tree_depth`` (Stan's ``treedepth__``).
+``num_steps``
+    Leapfrog steps of the transition, at most ``2**tree_depth - 1`` (Stan's ``n_leapfrog__``).
+``reached_max_tree_depth``
+    ``tree_depth == max_tree_depth`` (Stan's saturation criterion).
+``step_size``
+    Leapfrog step size of the transition.
+``accept_prob``
+    Mean Metropolis acceptance probability over the new trajectory points (the statistic the
+    step-size adaptation targets).
+``log_density``
+    Log density of the draw in z (log joint plus log-Jacobian); ``-potential``.
+``log_joint``
+    ``model.log_joint`` of the constrained draw (no Jacobian term).
+``energy``
+    The Hamiltonian H(z, r) = potential(z) + kinetic(r) of the selected point together with the
+    momentum it had on its trajectory (Stan's ``energy__``, the input of E-BFMI). When the
+    transition keeps its starting point, that is the starting point with the momentum drawn at
+    the start of the transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import pyro.infer
+import torch
+from torch import Tensor
+
+from ..model import BayesianResNet
+from . import adaptation
+from .base import InferenceMethod, MethodResult, check_positive_int, make_progress, seeded_generator
+from .optim import adam_maximize, map_objective
+
+__all__ = ["BACKENDS", "INITS", "NUTS", "SamplerOutput", "initial_positions", "sample_pyro"]
+
+LogDensity = Callable[[Tensor], Tensor]
+
+INITS = ("map", "prior")
+BACKENDS = ("vectorized", "pyro")
+
+# Learning rate of the MAP initialization. Adam moves each coordinate by about lr per step
+# whatever the gradient's scale, so 500 steps can carry an extreme prior draw (e.g. a noise
+# scale of 1e-4, z = log noise = -9) back into the bulk; the cosine decay then settles it.
+_INIT_LR = 0.05
+
+# Budget (bytes) for one chunk of draws when the log joint of all draws is evaluated.
+_CHUNK_BYTES = 1 << 28
+
+# Distinct streams derived from the fit's seed.
+_STREAM_INIT, _STREAM_CHAIN = 1, 2
+
+
+def _derived_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed that depends only on ``seed`` and ``keys`` (independent streams)."""
+    return int(np.random.SeedSequence([int(seed), *keys]).generate_state(1)[0])
+
+
+class SamplerOutput(NamedTuple):
+    """What every backend returns.
+
+    Attributes
+    ----------
+    samples : tensor (C, S, D)
+        Flat unconstrained draws.
+    stats : dict name -> ndarray (C, S)
+        Per-draw statistics (the module docstring's, except ``log_joint``).
+    inverse_mass : tensor (C, D) or (C, D, D)
+        Adapted inverse mass matrix of each chain (diagonal or dense).
+    warmup_divergences : ndarray (C,)
+        Number of divergent warmup transitions of each chain.
+    """
+
+    samples: Tensor
+    stats: dict[str, np.ndarray]
+    inverse_mass: Tensor
+    warmup_divergences: np.ndarray
+
+
+# ---------------------------------------------------------------------------------- the method
+@dataclass
+class NUTS(InferenceMethod):
+    """The No-U-Turn Sampler with adapted step size and mass matrix.
+
+    Parameters
+    ----------
+    num_samples : int
+        Draws kept per chain, after warmup.
+    warmup : int
+        Warmup (adaptation) iterations per chain, discarded; 0 disables adaptation entirely.
+    chains : int
+        Number of independent chains.
+    target_accept : float
+        Target mean acceptance probability of the step-size adaptation, in (0, 1).
+    max_tree_depth : int
+        Maximum number of trajectory doublings per iteration (at most 2**depth - 1 leapfrog
+        steps).
+    init : {'map', 'prior'}
+        ``'map'``: each chain starts from ``init_steps`` Adam steps on the log density of z,
+        begun at its own prior draw. ``'prior'``: each chain starts at its prior draw.
+    backend : {'vectorized', 'pyro'}
+        Sampler implementation (see the module docstring): ``'vectorized'`` (default) runs all
+        chains in lock-step in one tensor program; ``'pyro'`` is Pyro's kernel, the reference.
+    dense_mass : bool
+        Adapt a dense mass matrix instead of a diagonal one.
+    init_steps : int
+        Adam steps of the MAP initialization.
+    """
+
+    name: ClassVar[str] = "nuts"
+
+    num_samples: int = 1000
+    warmup: int = 1000
+    chains: int = 4
+    target_accept: float = 0.8
+    max_tree_depth: int = 10
+    init: str = "map"
+    backend: str = "vectorized"
+    dense_mass: bool = False
+    init_steps: int = 500
+
+    def __post_init__(self) -> None:
+        check_positive_int("NUTS", "num_samples", self.num_samples)
+        check_positive_int("NUTS", "chains", self.chains)
+        check_positive_int("NUTS", "max_tree_depth", self.max_tree_depth)
+        check_positive_int("NUTS", "init_steps", self.init_steps)
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
+                or self.warmup < 0:
+            raise ValueError(f"NUTS: warmup must be a non-negative integer, got {self.warmup!r}")
+        target = self.target_accept
+        if isinstance(target, bool) or not isinstance(target, (int, float)) \
+                or not (0.0 < target < 1.0):
+            raise ValueError(f"NUTS: target_accept must be in the open interval (0, 1), "
+                             f"got {target!r}")
+        if not isinstance(self.dense_mass, bool):
+            raise ValueError(f"NUTS: dense_mass must be True or False, got {self.dense_mass!r}")
+        if self.init not in INITS:
+            raise ValueError(f"NUTS: unknown init {self.init!r}; expected one of {list(INITS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"NUTS: unknown backend {self.backend!r}; "
+                             f"expected one of {list(BACKENDS)}")
+
+    def run(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
+            progress: bool) -> MethodResult:
+        """Sample the posterior of ``model`` given standardized ``x`` (N, in_dim), ``y``
+        (N, out_dim).
+
+        Returns
+        -------
+        MethodResult
+            ``draws``: site -> (chains, num_samples, *site_shape), constrained; ``stats``: the
+            per-draw statistics of the module docstring, each (chains, num_samples); ``extra``:
+            ``initial_position`` (chains, dim), the flat unconstrained starting points;
+            ``inverse_mass`` (chains, dim) or (chains, dim, dim), the adapted inverse mass
+            matrices; ``warmup_divergences`` (chains,), divergent warmup transitions.
+        """
+        z0 = initial_positions(model, x, y, self.chains, seed, self.init, self.init_steps)
+
+        def log_density(z: Tensor) -> Tensor:
+            return model.log_density(z, x, y)
+
+        out = _SAMPLERS[self.backend](self, log_density, z0, seed, progress)
+        draws, log_joint = _constrained_draws(model, x, y, out.samples)
+        stats = {**out.stats, "log_joint": log_joint}
+        extra = {"initial_position": z0, "inverse_mass": out.inverse_mass,
+                 "warmup_divergences": out.warmup_divergences}
+        return MethodResult(draws=draws, stats=stats, extra=extra)
+
+
+# ---------------------------------------------------------------------------------- shared parts
+def initial_positions(model: BayesianResNet, x: Tensor, y: Tensor, chains: int, seed: int,
+                      init: str = "map", init_steps: int = 500) -> Tensor:
+    """Flat unconstrained starting points of the chains, shape (chains, dim).
+
+    Each chain's start is its own prior draw (``init='prior'``), optionally improved by
+    ``init_steps`` Adam steps on the log density of z, batched over chains (``init='map'``).
+
+    Raises
+    ------
+    ValueError
+        If a starting point has a non-finite log density.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
+    prior = model.sample_prior(_derived_seed(seed, _STREAM_INIT), (chains,))
+    z0 = model.unconstrain(prior).detach()
+    if init == "map":
+        objective = map_objective(model, x, y, jacobian=True)
+        z0, _ = adam_maximize(objective, z0, init_steps, _INIT_LR)
+    with torch.no_grad():
+        start = model.log_density(z0, x, y)
+    bad = (~torch.isfinite(start)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"NUTS: the starting point of chain(s) {bad} has a non-finite log "
+                         f"density ({start[bad].tolist()}) after init={init!r}")
+    return z0
+
+
+def _constrained_draws(model: BayesianResNet, x: Tensor, y: Tensor,
+                       samples: Tensor) -> tuple[dict[str, Tensor], np.ndarray]:
+    """Site draws (C, S, *site_shape) and their log joint (C, S) from flat draws (C, S, D)."""
+    chains, num = samples.shape[:2]
+    flat = samples.reshape(chains * num, -1)
+    per_draw = 8 * x.shape[0] * (getattr(model.net, "width", 1) * 4 + 2 * model.out_dim)
+    chunk = max(1, _CHUNK_BYTES // max(per_draw, 1))
+    parts: dict[str, list[Tensor]] = {name: [] for name in model.latent_sites}
+    log_joint = []
+    with torch.no_grad():
+        for start in range(0, flat.shape[0], chunk):
+            values, _ = model.constrain(flat[start:start + chunk])
+            log_joint.append(model.log_joint(values, x, y))
+            for name, value in values.items():
+                parts[name].append(value)
+    draws = {name: torch.cat(v).reshape((chains, num, *model.latent_shapes[name]))
+             for name, v in parts.items()}
+    return draws, torch.cat(log_joint).reshape(chains, num).numpy()
+
+
+# ---------------------------------------------------------------------------------- pyro backend
+class _RecordingNUTS(pyro.infer.NUTS):
+    """Pyro's NUTS kernel, unchanged, plus a record of every transition's statistics.
+
+    Pyro builds the trajectory with ``_build_tree`` (one top-level call per doubling, recursing
+    into itself and ``_build_basetree`` for single leapfrog steps) and draws the momentum with
+    ``_sample_r``. Wrapping those three methods reads what the statistics need without touching
+    the algorithm: the top-level subtrees' leapfrog counts, acceptance sums and divergence flags,
+    the energy of every leaf, and the kinetic energy of the initial momentum.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.records: list[dict[str, Any]] = []
+        self._in_transition = False
+        self._nesting = 0
+        self._subtrees: list[tuple[int, Tensor, bool]] = []
+        self._leaves: dict[int, tuple[dict, Tensor]] = {}
+        self._start_kinetic: Tensor | None = None
+
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+        self.records = []
+        super().setup(warmup_steps, *args, **kwargs)
+
+    def _sample_r(self, name: str):
+        r, r_unscaled = super()._sample_r(name)
+        # The first draw inside a transition is its momentum; later ones come from the
+        # step-size search at the end of an adaptation window.
+        if self._in_transition and self._start_kinetic is None:
+            self._start_kinetic = self._kinetic_energy(r_unscaled).detach()
+        return r, r_unscaled
+
+    def _build_basetree(self, z, r, z_grads, log_slice, direction, energy_current):
+        leaf = super()._build_basetree(z, r, z_grads, log_slice, direction, energy_current)
+        energy = leaf.z_proposal_pe + self._kinetic_energy(leaf.r_right_unscaled)
+        # Keyed by identity: the kernel caches the selected leaf's own position dict.
+        self._leaves[id(leaf.z_proposal)] = (leaf.z_proposal, energy.detach())
+        return leaf
+
+    def _build_tree(self, z, r, z_grads, log_slice, direction, tree_depth, energy_current):
+        top = self._nesting == 0
+        self._nesting += 1
+        try:
+            tree = super()._build_tree(z, r, z_grads, log_slice, direction, tree_depth,
+                                       energy_current)
+        finally:
+            self._nesting -= 1
+        if top:
+            self._subtrees.append((int(tree.num_proposals), tree.sum_accept_probs.detach(),
+                                   bool(tree.diverging)))
+        return tree
+
+    def sample(self, params):
+        self._subtrees, self._leaves, self._start_kinetic = [], {}, None
+        step_size = float(self.step_size)
+        self._in_transition = True
+        try:
+            out = super().sample(params)
+        finally:
+            self._in_transition = False
+        z, potential, _ = self._fetch_from_cache()
+        leaf = self._leaves.get(id(z))
+        energy = leaf[1] if leaf is not None and leaf[0] is z else \
+            potential.detach() + self._start_kinetic
+        num_steps = sum(n for n, _, _ in self._subtrees)
+        depth = len(self._subtrees)
+        self.records.append({
+            "diverging": any(d for _, _, d in self._subtrees),
+            "tree_depth": depth,
+            "num_steps": num_steps,
+            "reached_max_tree_depth": depth >= self._max_tree_depth,
+            "step_size": step_size,
+            "accept_prob": float(sum(a for _, a, _ in self._subtrees)) / num_steps,
+            "log_density": -float(potential),
+            "energy": float(energy),
+        })
+        self._subtrees, self._leaves = [], {}
+        return out
+
+
+_STAT_DTYPES = {"diverging": bool, "tree_depth": np.int64, "num_steps": np.int64,
+                "reached_max_tree_depth": bool, "step_size": np.float64,
+                "accept_prob": np.float64, "log_density": np.float64, "energy": np.float64}
+
+
+def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: int,
+                num_samples: int, seed: int, *, target_accept: float = 0.8,
+                max_tree_depth: int = 10, dense_mass: bool = False, progress: bool = False
+                ) -> SamplerOutput:
+    """Run Pyro's NUTS on a flat log density, one chain after another.
+
+    Parameters
+    ----------
+    logdensity_fn : callable(z (D,)) -> scalar tensor
+        Log density (up to a constant) of the flat unconstrained vector, differentiable.
+    init_position : tensor (C, D)
+        Starting point of each of the C chains.
+    num_warmup, num_samples : int
+        Warmup (adaptation) iterations, discarded, and kept draws per chain.
+    seed : int
+        Chain c uses the torch seed derived from (seed, c); the caller's RNG state is restored.
+    target_accept, max_tree_depth, dense_mass
+        As in :class:`NUTS`.
+    progress : bool
+        Show Pyro's progress bar.
+
+    Returns
+    -------
+    SamplerOutput
+    """
+    if init_position.dim() != 2:
+        raise ValueError(f"init_position must have shape (chains, dim), "
+                         f"got {tuple(init_position.shape)}")
+
+    def potential_fn(params: dict[str, Tensor]) -> Tensor:
+        return -logdensity_fn(params["z"])
+
+    chain_samples, chain_records, chain_inverse_mass = [], [], []
+    for chain, z0 in enumerate(init_position.detach()):
+        kernel = _RecordingNUTS(
+            potential_fn=potential_fn, adapt_step_size=True, adapt_mass_matrix=True,
+            full_mass=dense_mass, target_accept_prob=float(target_accept),
+            max_tree_depth=int(max_tree_depth), jit_compile=False)
+        mcmc = pyro.infer.MCMC(kernel, num_samples=int(num_samples),
+                               warmup_steps=int(num_warmup), initial_params={"z": z0.clone()},
+                               num_chains=1, disable_progbar=not progress)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_derived_seed(seed, _STREAM_CHAIN, chain))
+            mcmc.run()
+        chain_samples.append(mcmc.get_samples()["z"].detach())
+        chain_records.append(kernel.records)
+        # One site, so the adapter holds one (diagonal or dense) block.
+        (inverse_mass,) = kernel.inverse_mass_matrix.values()
+        chain_inverse_mass.append(inverse_mass.detach().clone())
+    stats = {name: np.array([[rec[name] for rec in records[num_warmup:]]
+                             for records in chain_records], dtype=dtype)
+             for name, dtype in _STAT_DTYPES.items()}
+    warmup_divergences = np.array([sum(rec["diverging"] for rec in records[:num_warmup])
+                                   for records in chain_records], dtype=np.int64)
+    return SamplerOutput(torch.stack(chain_samples), stats, torch.stack(chain_inverse_mass),
+                         warmup_divergences)
+
+
+def _run_pyro(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int,
+              progress: bool) -> SamplerOutput:
+    return sample_pyro(logdensity_fn, z0, method.warmup, method.num_samples, seed,
+                       target_accept=method.target_accept, max_tree_depth=method.max_tree_depth,
+                       dense_mass=method.dense_mass, progress=progress)
+
+
+# ---------------------------------------------------------------------------------- vectorized
+def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int,
+                    progress: bool) -> SamplerOutput:
+    """All chains in lock-step: one batched gradient over (C, D) per leapfrog step."""
+    generator = seeded_generator(_derived_seed(seed, _STREAM_CHAIN))
+    total = method.warmup + method.num_samples
+    with make_progress(progress, total, f"NUTS x{z0.shape[0]} chains") as bar:
+
+        def callback(i: int, info: Any) -> None:
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(steps=int(info.num_steps.max()),
+                                warmup=i < method.warmup, refresh=False)
+
+        samples, stats = adaptation.sample(
+            logdensity_fn, z0, method.warmup, method.num_samples, generator,
+            target_accept=method.target_accept, max_tree_depth=method.max_tree_depth,
+            dense_mass=method.dense_mass, callback=callback if progress else None)
+    inverse_mass = stats.pop("inverse_mass")
+    warmup_divergences = stats.pop("warmup_diverging").sum(-1).numpy().astype(np.int64)
+    arrays = {name: stats[name].detach().numpy().astype(dtype)
+              for name, dtype in _STAT_DTYPES.items()}
+    return SamplerOutput(samples.detach(), arrays, inverse_mass.detach(), warmup_divergences)
+
+
+# Backend name -> runner(method, logdensity_fn, z0 (C, D), seed, progress) -> SamplerOutput.
+_SAMPLERS: dict[str, Callable[[NUTS, LogDensity, Tensor, int, bool], SamplerOutput]] = {
+    "pyro": _run_pyro,
+    "vectorized": _run_vectorized,
+}

@@ -1,0 +1,310 @@
+"""Variational inference: mean-field and low-rank Gaussian guides fitted with Pyro's SVI.
+
+Both methods fit a Gaussian q(z) over the unconstrained latent space of the model (Pyro's
+``AutoNormal`` and ``AutoLowRankMultivariateNormal`` push it through the same ``biject_to``
+transforms the model uses) by maximizing the ELBO with ``Trace_ELBO`` and vectorized particles,
+then draw from q. One training routine, :func:`_fit_guide`, serves any Pyro model and autoguide
+class; the method classes call it with the :class:`BayesianResNet`.
+
+Besides the draws, a run keeps what importance-sampling diagnostics (PSIS) need: ``log_q``, the
+log density of each draw under q, and ``log_joint``, log p(theta, y) of the same draw, both for
+the constrained values, so log p - log q is the log importance weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoGuide, AutoLowRankMultivariateNormal, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_value
+from pyro.infer.util import is_validation_enabled
+from torch import Tensor
+
+from ..model import BayesianResNet
+from .base import (
+    InferenceMethod,
+    MethodResult,
+    check_positive_float,
+    check_positive_int,
+    make_progress,
+    seeded_generator,
+)
+
+__all__ = ["LowRank", "MeanField", "default_rank"]
+
+# The learning rate decays geometrically to this fraction of ``lr`` over the run: large early
+# steps move the means, small late steps let the scales settle with less gradient noise.
+_FINAL_LR_FRACTION = 0.1
+# Elementwise gradient clipping of ClippedAdam; guards against rare huge gradients early on.
+_CLIP_NORM = 10.0
+# Memory budget of one chunk when evaluating the log joint of many draws.
+_CHUNK_BYTES = 1 << 28
+
+
+@dataclass
+class _GuideFit:
+    """What :func:`_fit_guide` returns.
+
+    Attributes
+    ----------
+    elbo : ndarray (steps,)
+        ELBO estimate at each step (``-loss``).
+    draws : dict site -> tensor (num_draws, *site_shape)
+        Constrained draws of every latent (non-auxiliary) site of the guide.
+    log_q : tensor (num_draws,)
+        Log density of each draw (constrained values) under the fitted guide.
+    params : dict name -> tensor
+        The guide's fitted parameters (constrained), as named in Pyro's param store.
+    """
+
+    elbo: np.ndarray
+    draws: dict[str, Tensor]
+    log_q: Tensor
+    params: dict[str, Tensor]
+
+
+def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tuple,
+               *, guide_kwargs: Mapping[str, Any], steps: int, lr: float, num_particles: int,
+               num_draws: int, seed: int, progress: bool = False, desc: str = "vi"
+               ) -> _GuideFit:
+    """Fit ``guide_class(model, **guide_kwargs)`` to ``model(*args)`` by SVI and draw from it.
+
+    The model must be batched over leading sample dimensions (particles are vectorized with a
+    plate left of the model's own plates). Everything random is seeded by ``seed`` inside a
+    forked torch RNG, and the fit runs in a private Pyro param store: the caller's global RNG
+    state and param store are left as they were.
+
+    Parameters
+    ----------
+    model : callable
+        A Pyro model.
+    guide_class : AutoGuide subclass
+        E.g. ``AutoNormal`` or ``AutoLowRankMultivariateNormal``.
+    args : tuple
+        Arguments of the model (and guide).
+    guide_kwargs : mapping
+        Keyword arguments of the guide (``init_loc_fn``, ``init_scale``, ``rank``, ...).
+    steps, lr, num_particles, num_draws, seed : int, float, int, int, int
+        SVI steps, initial Adam learning rate, ELBO particles per step, draws taken after
+        fitting, seed.
+    progress : bool
+        Show a progress bar with the running ELBO.
+    desc : str
+        Label of the progress bar.
+
+    Returns
+    -------
+    _GuideFit
+    """
+    store = pyro.get_param_store()
+    with store.scope(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        guide = guide_class(model, **guide_kwargs)
+        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
+        optim = pyro.optim.ClippedAdam({"lr": lr, "clip_norm": _CLIP_NORM,
+                                        "lrd": _FINAL_LR_FRACTION ** (1.0 / steps)})
+        svi = SVI(model, guide, optim, loss=elbo)
+        history = np.empty(steps)
+        every = max(1, steps // 100)
+        with make_progress(progress, steps, desc) as bar:
+            for step in range(steps):
+                # Pyro's argument and shape validation runs on the first step only: it costs
+                # about a quarter of a step and the shapes do not change afterwards.
+                with pyro.validation_enabled(step == 0 and is_validation_enabled()):
+                    loss = svi.step(*args)
+                if not math.isfinite(loss):
+                    raise RuntimeError(f"{desc}: the ELBO became non-finite at step {step}; "
+                                       "try a smaller lr or init_scale")
+                history[step] = -loss
+                if (step + 1) % every == 0 or step + 1 == steps:
+                    bar.set_postfix(elbo=f"{history[max(0, step + 1 - every):step + 1].mean():.4g}",
+                                    refresh=False)
+                    bar.update(step + 1 - bar.n)
+        # The ELBO's nesting counts the model's plates plus its particle plate, so a draws plate
+        # just left of it clears every plate of the model.
+        with torch.no_grad():
+            draws, log_q = _draw(guide, args, num_draws, elbo.max_plate_nesting)
+        params = {name: value.detach().clone() for name, value in store.items()}
+    return _GuideFit(history, draws, log_q, params)
+
+
+def _draw(guide: AutoGuide, args: tuple, num_draws: int, max_plate_nesting: int
+          ) -> tuple[dict[str, Tensor], Tensor]:
+    """``num_draws`` vectorized draws from a fitted autoguide and their log density under it.
+
+    The log density of the constrained values is the sum of every guide site's log probability:
+    the Gaussian of the auxiliary unconstrained draw plus the Delta sites' log-Jacobian terms.
+    """
+    with pyro.plate("_vi_draws", num_draws, dim=-(max_plate_nesting + 1)):
+        trace = poutine.trace(guide).get_trace(*args)
+    trace.compute_log_prob()
+    log_q = torch.zeros(num_draws, dtype=torch.float64)
+    draws = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        log_q = log_q + site["log_prob"].reshape(num_draws, -1).sum(-1)
+        if not site["infer"].get("is_auxiliary", False):
+            shape = guide.prototype_trace.nodes[name]["value"].shape
+            draws[name] = site["value"].reshape((num_draws, *shape))
+    return draws, log_q
+
+
+def _log_joint(model: BayesianResNet, values: Mapping[str, Tensor], x: Tensor, y: Tensor
+               ) -> Tensor:
+    """``model.log_joint`` of M draws (M, *site_shape), chunked over draws to bound memory."""
+    total = next(iter(values.values())).shape[0]
+    net = model.net
+    per_draw = 8 * x.shape[0] * (getattr(net, "width", 1) * (getattr(net, "depth", 1) + 4)
+                                 + 2 * model.out_dim)
+    chunk = max(1, min(total, _CHUNK_BYTES // per_draw))
+    with torch.no_grad():
+        parts = [model.log_joint({k: v[start:start + chunk] for k, v in values.items()}, x, y)
+                 for start in range(0, total, chunk)]
+    return torch.cat(parts)
+
+
+def default_rank(dim: int) -> int:
+    """Default rank of the low-rank guide for ``dim`` parameters: round(sqrt(dim)), at least 2,
+    at most ``dim``."""
+    return min(dim, max(2, round(math.sqrt(dim))))
+
+
+class _AutoGuideVI(InferenceMethod):
+    """Shared validation and run of the Gaussian-guide methods; subclasses choose the guide."""
+
+    steps: int
+    lr: float
+    num_particles: int
+    num_draws: int
+    init_scale: float
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for setting in ("steps", "num_particles", "num_draws"):
+            check_positive_int(owner, setting, getattr(self, setting))
+        for setting in ("lr", "init_scale"):
+            check_positive_float(owner, setting, getattr(self, setting))
+
+    def _guide(self, model: BayesianResNet) -> tuple[type[AutoGuide], dict[str, Any]]:
+        """The autoguide class and its method-specific keyword arguments."""
+        raise NotImplementedError
+
+    def run(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
+            progress: bool) -> MethodResult:
+        """Fit the guide by SVI and draw ``num_draws`` samples from it.
+
+        Returns
+        -------
+        MethodResult
+            ``draws``: site -> (1, num_draws, *site_shape). ``stats``: ``elbo`` (steps,),
+            ``log_q`` and ``log_joint`` (1, num_draws). ``extra``: ``guide`` (class name),
+            ``guide_params`` (name -> tensor) and the guide's settings.
+        """
+        self.validate(model)
+        guide_class, kwargs = self._guide(model)
+        # Start the means at the network's Glorot initialization rather than at the prior
+        # median: in the all-zero network every hidden unit is interchangeable, a symmetric
+        # saddle point that only the sampling noise of a narrow q would break.
+        init = model.initial_values(seeded_generator(seed))
+        kwargs = {**kwargs, "init_loc_fn": init_to_value(values=init),
+                  "init_scale": float(self.init_scale)}
+        fit = _fit_guide(model, guide_class, (x, y), guide_kwargs=kwargs, steps=self.steps,
+                         lr=float(self.lr), num_particles=self.num_particles,
+                         num_draws=self.num_draws, seed=seed, progress=progress, desc=self.name)
+        missing = [name for name in model.latent_sites if name not in fit.draws]
+        if missing:
+            raise RuntimeError(f"{self.name}: the guide produced no draws for sites {missing}")
+        values = {name: fit.draws[name] for name in model.latent_sites}
+        log_joint = _log_joint(model, values, x, y)
+        extra: dict[str, Any] = {"guide": guide_class.__name__, "guide_params": fit.params}
+        if "rank" in kwargs:
+            extra["rank"] = kwargs["rank"]
+        return MethodResult(
+            draws={name: value.unsqueeze(0) for name, value in values.items()},
+            stats={"elbo": fit.elbo, "log_q": fit.log_q.unsqueeze(0).numpy(),
+                   "log_joint": log_joint.unsqueeze(0).numpy()},
+            extra=extra)
+
+
+@dataclass
+class MeanField(_AutoGuideVI):
+    """Mean-field Gaussian variational inference (Pyro ``AutoNormal``).
+
+    q is a product of independent Gaussians over the unconstrained parameters, fitted by
+    maximizing the ELBO. Cheap and robust, but it underestimates posterior variances where
+    parameters are correlated (its variances are the inverse diagonal of the precision).
+
+    Parameters
+    ----------
+    steps : int
+        SVI steps (Adam, learning rate decayed geometrically to 0.1 * ``lr``).
+    lr : float
+        Initial learning rate.
+    num_particles : int
+        Monte Carlo draws per ELBO gradient (vectorized).
+    num_draws : int
+        Draws taken from the fitted guide.
+    init_scale : float
+        Initial standard deviation of q; the means start at the network's initialization.
+    """
+
+    steps: int = 5000
+    lr: float = 0.01
+    num_particles: int = 8
+    num_draws: int = 1000
+    init_scale: float = 0.01
+
+    name: ClassVar[str] = "meanfield"
+
+    def _guide(self, model: BayesianResNet) -> tuple[type[AutoGuide], dict[str, Any]]:
+        return AutoNormal, {}
+
+
+@dataclass
+class LowRank(_AutoGuideVI):
+    """Gaussian variational inference with a low-rank-plus-diagonal covariance
+    (Pyro ``AutoLowRankMultivariateNormal``).
+
+    q = N(mu, D (F F^T + I) D) over the flat unconstrained parameters, with F of shape
+    (dim, rank): captures the ``rank`` leading directions of posterior correlation.
+
+    Parameters
+    ----------
+    rank : int, optional
+        Rank of F; default :func:`default_rank` (about sqrt(dim)). Must not exceed the model's
+        number of parameters.
+    steps, lr, num_particles, num_draws, init_scale
+        As for :class:`MeanField`.
+    """
+
+    rank: int | None = None
+    steps: int = 5000
+    lr: float = 0.01
+    num_particles: int = 8
+    num_draws: int = 1000
+    init_scale: float = 0.01
+
+    name: ClassVar[str] = "lowrank"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank is not None:
+            check_positive_int(type(self).__name__, "rank", self.rank)
+
+    def validate(self, model: BayesianResNet) -> None:
+        if self.rank is not None and self.rank > model.dim:
+            raise ValueError(f"LowRank: rank={self.rank} exceeds the model's number of "
+                             f"parameters ({model.dim})")
+
+    def _guide(self, model: BayesianResNet) -> tuple[type[AutoGuide], dict[str, Any]]:
+        rank = default_rank(model.dim) if self.rank is None else int(self.rank)
+        return AutoLowRankMultivariateNormal, {"rank": rank}

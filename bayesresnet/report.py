@@ -1,0 +1,723 @@
+"""A self-contained HTML diagnostic report of one inference run.
+
+:func:`report` writes ``out_dir/index.html`` and ``out_dir/posterior.nc`` (the run, readable with
+:func:`bayesresnet.export.load` and ``arviz.from_netcdf``). The page has no JavaScript, no external
+style sheet and no network reference: every figure is embedded as a base64 PNG, so the file can be
+mailed, archived or opened offline.
+
+Sections (each an ``<h2>`` with the ``id`` in brackets; a section that does not apply to the run
+is left out):
+
+* Run [``run``]: method and settings, model, data size, seed, fit time, library versions.
+* Convergence diagnostics [``diagnostics``]: the :func:`bayesresnet.diagnostics.diagnose` table
+  with a pass or fail mark per check, its warnings and notes.
+* Trace plots [``trace``]: ArviZ trace plots (and rank plots for several chains) of the noise
+  scale and of the network mean f at a few training inputs, with their posterior summary.
+* Energy [``energy``]: the NUTS energy plot (marginal energy against energy transitions).
+* ELBO [``elbo``]: the variational objective per step (VI).
+* Training loss [``loss``]: each member's loss per step (ensembles and MAP).
+* Predictions [``predictions``]: for one input the predictive band with the data; for several
+  inputs a parity plot of the predictive mean against the observations with 95% intervals.
+* Metrics [``metrics``]: RMSE, NLL, 95% coverage, 95% interval width and CRPS on the training
+  data, and on the test data when given.
+* Calibration [``calibration``] (test data only): observed against nominal coverage of central
+  predictive intervals.
+* Files [``files``].
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly, never
+through ``pyplot``, so the user's matplotlib backend and open figures are left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .posterior import Posterior, Prediction, as_float_tensor, check_inputs
+
+__all__ = ["SECTIONS", "compare_report", "report", "summary_rows"]
+
+SECTIONS = {
+    "run": "Run",
+    "diagnostics": "Convergence diagnostics",
+    "trace": "Trace plots",
+    "energy": "Energy",
+    "elbo": "ELBO",
+    "loss": "Training loss",
+    "predictions": "Predictions",
+    "metrics": "Metrics",
+    "calibration": "Calibration",
+    "files": "Files",
+}
+"""Section id -> heading, in page order."""
+
+# Training inputs whose function values get trace plots, and outputs they are shown for.
+_TRACE_POINTS = 3
+_TRACE_OUTPUTS = 2
+# Points of the input grid of the 1-D predictive band.
+_GRID_POINTS = 200
+_DPI = 100
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f2f2f2; } td.num { text-align: right; font-family: monospace; }
+.pass { color: #1a7f37; font-weight: bold; } .fail { color: #c62828; font-weight: bold; }
+.verdict { font-size: 1.1em; } img { max-width: 100%; } pre { background: #f6f6f6;
+padding: 0.5em; overflow-x: auto; } nav a { margin-right: 0.8em; }
+"""
+
+
+# ------------------------------------------------------------------------------- HTML helpers
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """An HTML table; numbers right-aligned. Cells that are ``_Raw`` are inserted unescaped."""
+    out = ["<table>", "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = []
+        for cell in row:
+            if isinstance(cell, _Raw):
+                cells.append(f"<td>{cell.html}</td>")
+            elif isinstance(cell, (int, float, np.integer, np.floating)) and \
+                    not isinstance(cell, (bool, np.bool_)):
+                cells.append(f'<td class="num">{_esc(_fmt(cell))}</td>')
+            else:
+                cells.append(f"<td>{_esc(_fmt(cell))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+class _Raw:
+    """Already-escaped HTML for a table cell."""
+
+    def __init__(self, markup: str) -> None:
+        self.html = markup
+
+
+def _png(fig: Any) -> str:
+    """The figure as an ``<img>`` with a base64 PNG data URI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    # No "Software" text chunk: the page carries no reference to any web address.
+    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+
+
+@contextlib.contextmanager
+def _quiet_arviz() -> Iterator[None]:
+    """Silence ArviZ's warnings about short or single chains (the diagnostics table judges
+    those) and its use of deprecated matplotlib internals; only while it draws."""
+    from matplotlib import MatplotlibDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", MatplotlibDeprecationWarning)
+        yield
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# ------------------------------------------------------------------------------- sections
+def _run_section(posterior: Posterior) -> str:
+    from ._version import __version__
+
+    model = posterior.model
+    net = model.user_net
+    columns = posterior.extra.get("columns")
+    rows: list[tuple[str, Any]] = [
+        ("method", posterior.method.name),
+        ("chains x draws", f"{posterior.num_chains} x {posterior.num_draws}"),
+        ("network", f"{type(net).__name__}: {model.in_dim} input(s), {model.out_dim} "
+                    f"output(s), width {net.width}, depth {net.depth}"),
+        ("unconstrained parameters", model.dim),
+        ("training points", posterior.x_train.shape[0]),
+        ("seed", posterior.seed),
+        ("fit seconds", round(posterior.fit_seconds, 2)),
+        ("bayesresnet version", __version__),
+    ]
+    if isinstance(columns, dict):
+        for key in ("inputs", "targets"):
+            if key in columns:
+                rows.append((f"{key} (columns)", ", ".join(map(str, columns[key]))))
+    settings = json.dumps(posterior.method.config(), indent=1)
+    config = json.dumps(model.config(), indent=1)
+    return (_table(["", ""], rows)
+            + f"<p>Method settings:</p><pre>{_esc(settings)}</pre>"
+            + f"<p>Model configuration:</p><pre>{_esc(config)}</pre>")
+
+
+def _diagnostics_section(posterior: Posterior) -> tuple[str, bool]:
+    diag = posterior.diagnose()
+    table = diag.table
+    rows = []
+    for record in table.itertuples(index=False):
+        mark = (_Raw('<span class="pass">&#10004; pass</span>') if record.passed
+                else _Raw('<span class="fail">&#10008; FAIL</span>'))
+        rows.append((record.check, float(record.value), f"{record.rule} {_fmt(record.threshold)}",
+                     mark))
+    if len(table) == 0:
+        verdict = "no convergence checks apply to this run"
+    elif diag.ok:
+        verdict = f"all {len(table)} checks passed"
+    else:
+        verdict = f"{len(diag.failed)} of {len(table)} checks FAILED"
+    css = "pass" if diag.ok else "fail"
+    parts = [f'<p class="verdict">{_esc(diag.method)}: <span class="{css}">{_esc(verdict)}'
+             "</span></p>"]
+    if len(table):
+        parts.append(_table(["check", "value", "rule", "result"], rows))
+    for title, items in (("Warnings", diag.warnings), ("Notes", diag.notes)):
+        if items:
+            parts.append(f"<p>{title}:</p><ul>"
+                         + "".join(f"<li>{_esc(item)}</li>" for item in items) + "</ul>")
+    return "\n".join(parts), diag.ok
+
+
+def _trace_points(x: np.ndarray) -> np.ndarray:
+    """Indices of a few training inputs: spread over the (first) input's range."""
+    n = x.shape[0]
+    order = np.argsort(x[:, 0], kind="stable")
+    picks = np.unique(np.linspace(0, n - 1, min(_TRACE_POINTS, n)).round().astype(int))
+    return order[picks]
+
+
+def _point_label(x: np.ndarray, index: int) -> str:
+    if x.shape[1] == 1:
+        return f"x={x[index, 0]:.3g}"
+    return f"train point {index}"
+
+
+def _trace_quantities(posterior: Posterior, idata: Any) -> dict[str, np.ndarray]:
+    """Scalar quantities (chain, draw) to trace: noise scale(s) and f at a few inputs, all in
+    original units (the model's noise site is in standardized units)."""
+    out_dim = posterior.model.out_dim
+    quantities: dict[str, np.ndarray] = {}
+    if "noise" in idata.posterior and idata.posterior["noise"].shape[2:] == (out_dim,):
+        noise = np.asarray(idata.posterior["noise"].values) * posterior.y_scaler.std
+        for j in range(min(out_dim, _TRACE_OUTPUTS)):
+            quantities["noise" if out_dim == 1 else f"noise[{j}]"] = noise[..., j]
+    f = np.asarray(idata.posterior["f"].values)  # (chain, draw, obs, output)
+    for i in _trace_points(posterior.x_train):
+        label = _point_label(posterior.x_train, int(i))
+        for j in range(min(out_dim, _TRACE_OUTPUTS)):
+            name = f"f({label})" if out_dim == 1 else f"f{j}({label})"
+            quantities[name] = f[:, :, i, j]
+    return quantities
+
+
+def _trace_section(posterior: Posterior, idata: Any) -> str | None:
+    import arviz as az
+
+    if posterior.num_chains * posterior.num_draws < 2:
+        return None
+    quantities = _trace_quantities(posterior, idata)
+    stats = None
+    if "diverging" in posterior.stats and posterior.num_draws > 1:
+        diverging = np.asarray(idata.sample_stats["diverging"].values).astype(bool)
+        stats = {"diverging": diverging}
+    data = az.from_dict(posterior=quantities, sample_stats=stats)
+    count = len(quantities)
+    parts = []
+    fig = _figure(10, 1.9 * count)
+    axes = np.array(fig.subplots(count, 2, squeeze=False))
+    with _quiet_arviz():
+        az.plot_trace(data, axes=axes, compact=False, show=False)
+    parts.append("<p>Traces (right) and marginal densities (left) of the noise scale and of "
+                 "the network mean f at a few training inputs (original units). The raw weights "
+                 "are not shown: the network's permutation and sign symmetries make them "
+                 "non-identifiable.</p>")
+    parts.append(_png(fig))
+    if posterior.num_chains > 1:
+        fig = _figure(10, 2.0 * math.ceil(count / 2))
+        axes = np.array(fig.subplots(math.ceil(count / 2), 2, squeeze=False)).reshape(-1)
+        for ax in axes[count:]:
+            ax.set_axis_off()
+        with _quiet_arviz():
+            az.plot_rank(data, ax=axes[:count], show=False)
+        parts.append("<p>Rank plots: with well-mixed chains, each chain's histogram of ranks "
+                     "is flat.</p>")
+        parts.append(_png(fig))
+    with _quiet_arviz():
+        kind = "all" if posterior.num_chains > 1 else "stats"
+        summary = az.summary(data, kind=kind)
+    header = ["quantity", *summary.columns]
+    rows = [(name, *(float(v) for v in values)) for name, values in
+            zip(summary.index, summary.to_numpy(), strict=True)]
+    parts.append(_table(header, rows))
+    return "\n".join(parts)
+
+
+def _energy_section(posterior: Posterior, idata: Any) -> str | None:
+    import arviz as az
+
+    if posterior.method.name != "nuts" or "energy" not in getattr(idata, "sample_stats", {}):
+        return None
+    if posterior.num_draws < 3:
+        return None
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    with _quiet_arviz():
+        az.plot_energy(idata, ax=ax, show=False)
+    return ("<p>Marginal energy distribution against the distribution of energy changes "
+            "between draws: when the second is much narrower, the sampler explores the "
+            "energy levels slowly (low E-BFMI) and may miss the tails.</p>" + _png(fig))
+
+
+def _history_plot(history: np.ndarray, ylabel: str, title: str) -> str:
+    """Two panels: the whole history and its second half. history: (steps, members)."""
+    steps = np.arange(1, history.shape[0] + 1)
+    fig = _figure(10, 3.4)
+    axes = fig.subplots(1, 2)
+    half = history.shape[0] // 2
+    for ax, start, label in ((axes[0], 0, "whole run"), (axes[1], half, "second half")):
+        for m in range(history.shape[1]):
+            ax.plot(steps[start:], history[start:, m], lw=0.7, alpha=0.8)
+        ax.set(xlabel="step", ylabel=ylabel, title=f"{title}: {label}")
+        ax.grid(True, alpha=0.3)
+    # The first steps can be orders of magnitude off; keep the whole-run panel readable.
+    finite = history[np.isfinite(history)]
+    if finite.size:
+        low, high = np.quantile(finite, [0.01, 0.99])
+        pad = 0.05 * (high - low) + 1e-12
+        axes[0].set_ylim(low - pad, high + pad)
+    return _png(fig)
+
+
+def _elbo_section(posterior: Posterior) -> str | None:
+    if posterior.method.name not in ("meanfield", "lowrank") or "elbo" not in posterior.stats:
+        return None
+    elbo = _numpy(posterior.stats["elbo"]).reshape(-1, 1)
+    return ("<p>Evidence lower bound per optimization step (one Monte Carlo estimate per step); "
+            "it should level off well before the end.</p>"
+            + _history_plot(elbo, "ELBO", "ELBO"))
+
+
+def _loss_section(posterior: Posterior) -> str | None:
+    if posterior.method.name not in ("ensemble", "map") or "loss" not in posterior.stats:
+        return None
+    loss = _numpy(posterior.stats["loss"])
+    loss = loss.reshape(loss.shape[0], -1)
+    return (f"<p>Negative log joint per step for each of the {loss.shape[1]} member(s); each "
+            "curve should level off well before the end.</p>"
+            + _history_plot(loss, "loss", "loss"))
+
+
+def _numpy(value: Any) -> np.ndarray:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def _names(posterior: Posterior, key: str, count: int, default: str) -> list[str]:
+    columns = posterior.extra.get("columns")
+    if isinstance(columns, dict) and isinstance(columns.get(key), list) and \
+            len(columns[key]) == count:
+        return [str(c) for c in columns[key]]
+    return [default] if count == 1 else [f"{default}{j}" for j in range(count)]
+
+
+def _band_figure(posterior: Posterior, x_test: np.ndarray | None,
+                 y_test: np.ndarray | None) -> str:
+    """Predictive band over a grid of the one input, one panel per output."""
+    x_train, y_train = posterior.x_train, posterior.y_train
+    xs = [x_train[:, 0]] + ([x_test[:, 0]] if x_test is not None else [])
+    low, high = min(v.min() for v in xs), max(v.max() for v in xs)
+    pad = 0.25 * (high - low) if high > low else 1.0
+    grid = np.linspace(low - pad, high + pad, _GRID_POINTS)[:, None]
+    pred = posterior.predict(grid)
+    lower, upper = pred.interval(0.95)
+    f_low, f_high = np.quantile(pred.f_samples, [0.025, 0.975], axis=0)
+    out_dim = posterior.model.out_dim
+    in_name = _names(posterior, "inputs", 1, "x")[0]
+    out_names = _names(posterior, "targets", out_dim, "y")
+    fig = _figure(min(5.5 * out_dim, 16), 4)
+    axes = np.atleast_1d(fig.subplots(1, out_dim))
+    for j, ax in enumerate(axes):
+        g = grid[:, 0]
+        ax.fill_between(g, lower[:, j], upper[:, j], color="C0", alpha=0.2,
+                        label="95% predictive (with noise)")
+        ax.fill_between(g, f_low[:, j], f_high[:, j], color="C0", alpha=0.4,
+                        label="95% of f (epistemic)")
+        ax.plot(g, pred.mean[:, j], color="C0", lw=1.5, label="predictive mean")
+        if x_test is not None and y_test is not None:
+            ax.scatter(x_test[:, 0], y_test[:, j], s=6, color="C1", alpha=0.5, label="test")
+        ax.scatter(x_train[:, 0], y_train[:, j], s=14, color="k", zorder=3, label="train")
+        ax.set(xlabel=in_name, ylabel=out_names[j])
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def _parity_figure(posterior: Posterior, x_test: np.ndarray | None,
+                   y_test: np.ndarray | None) -> str:
+    """Predictive mean against observation with 95% intervals, one panel per output."""
+    sets = [("train", posterior.x_train, posterior.y_train, "k")]
+    if x_test is not None and y_test is not None:
+        sets.append(("test", x_test, y_test, "C1"))
+    out_dim = posterior.model.out_dim
+    out_names = _names(posterior, "targets", out_dim, "y")
+    fig = _figure(min(5 * out_dim, 16), 4.6)
+    axes = np.atleast_1d(fig.subplots(1, out_dim))
+    for label, x, y, color in sets:
+        pred = posterior.predict(x)
+        lower, upper = pred.interval(0.95)
+        for j, ax in enumerate(axes):
+            err = np.stack([pred.mean[:, j] - lower[:, j], upper[:, j] - pred.mean[:, j]])
+            ax.errorbar(y[:, j], pred.mean[:, j], yerr=err, fmt="o", ms=3, color=color,
+                        alpha=0.6, elinewidth=0.7, label=f"{label} (95% interval)")
+    for j, ax in enumerate(axes):
+        values = np.concatenate([s[2][:, j] for s in sets])
+        lo, hi = values.min(), values.max()
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        ax.set(xlabel=f"observed {out_names[j]}", ylabel=f"predicted {out_names[j]}")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def _metric_row(label: str, pred: Prediction, y: np.ndarray) -> tuple[Any, ...]:
+    return (label, y.shape[0], metrics.rmse(pred, y), metrics.nll(pred, y),
+            metrics.coverage(pred, y, 0.95), metrics.interval_width(pred, 0.95),
+            metrics.crps(pred, y))
+
+
+def _calibration_figure(pred_test: Prediction, y_test: np.ndarray,
+                        pred_train: Prediction, y_train: np.ndarray) -> str:
+    levels = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    fig = _figure(4.8, 4.4)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="ideal")
+    nominal, observed = metrics.calibration_curve(pred_test, y_test, levels)
+    ax.plot(nominal, observed, "o-", color="C1", ms=4, label="test")
+    nominal, observed = metrics.calibration_curve(pred_train, y_train, levels)
+    ax.plot(nominal, observed, "s:", color="k", ms=3, alpha=0.6, label="train")
+    ax.set(xlabel="nominal coverage of the central interval", ylabel="observed coverage",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.set_aspect("equal")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _check_test(posterior: Posterior, x_test: Any, y_test: Any
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if (x_test is None) != (y_test is None):
+        raise ValueError("x_test and y_test must be given together")
+    if x_test is None:
+        return None, None
+    x = check_inputs(x_test, posterior.model.in_dim, "x_test").numpy()
+    y = as_float_tensor(y_test, "y_test").numpy()
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.shape != (x.shape[0], posterior.model.out_dim):
+        raise ValueError(f"y_test must have shape ({x.shape[0]},) or ({x.shape[0]}, "
+                         f"{posterior.model.out_dim}) to match x_test, got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("y_test contains NaN or inf values")
+    return x, y
+
+
+# ------------------------------------------------------------------------------- the report
+def report(posterior: Posterior, out_dir: str | os.PathLike, x_test: Any = None,
+           y_test: Any = None, *, title: str | None = None) -> Path:
+    """Write a self-contained HTML diagnostic report and the run's netCDF file.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        Any fitted or loaded posterior.
+    out_dir : str or path-like
+        Folder to write into (created if missing). Receives ``index.html`` and ``posterior.nc``
+        (see :meth:`Posterior.save`); existing files of those names are replaced.
+    x_test : array (N_test, in_dim), optional
+        Held-out inputs, original units.
+    y_test : array (N_test,) or (N_test, out_dim), optional
+        Held-out targets; with ``x_test`` adds test metrics and a calibration curve.
+    title : str, optional
+        Page title (default: ``"bayesresnet report: <method>"``).
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``index.html``.
+
+    Notes
+    -----
+    The sections are listed in the module docstring (:data:`SECTIONS`). If the posterior's
+    ``extra["columns"]`` holds ``{"inputs": [...], "targets": [...]}`` (as the command line
+    stores it), those names label the plots.
+    """
+    if not isinstance(posterior, Posterior):
+        raise ValueError(f"posterior must be a bayesresnet Posterior, got "
+                         f"{type(posterior).__name__}")
+    if title is not None and not isinstance(title, str):
+        raise ValueError(f"title must be a string, got {type(title).__name__}")
+    x_test, y_test = _check_test(posterior, x_test, y_test)
+    out = Path(os.fspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    posterior.save(out / "posterior.nc")
+
+    idata = posterior.to_arviz(predictive=False)
+    sections: dict[str, str] = {"run": _run_section(posterior)}
+    sections["diagnostics"], ok = _diagnostics_section(posterior)
+    for key, body in (("trace", _trace_section(posterior, idata)),
+                      ("energy", _energy_section(posterior, idata)),
+                      ("elbo", _elbo_section(posterior)),
+                      ("loss", _loss_section(posterior))):
+        if body is not None:
+            sections[key] = body
+
+    if posterior.model.in_dim == 1:
+        sections["predictions"] = ("<p>Posterior predictive mean, the central 95% interval of "
+                                   "the network mean f (epistemic) and of new observations "
+                                   "(with noise).</p>" + _band_figure(posterior, x_test, y_test))
+    else:
+        sections["predictions"] = ("<p>Predictive mean against the observed value, with the "
+                                   "central 95% predictive interval (with noise).</p>"
+                                   + _parity_figure(posterior, x_test, y_test))
+
+    pred_train = posterior.predict(posterior.x_train)
+    rows = [_metric_row("train", pred_train, posterior.y_train)]
+    if x_test is not None and y_test is not None:
+        pred_test = posterior.predict(x_test)
+        rows.append(_metric_row("test", pred_test, y_test))
+        sections["calibration"] = (
+            "<p>Observed fraction of points inside the central predictive interval against its "
+            "nominal level; points below the diagonal mean over-confident intervals.</p>"
+            + _calibration_figure(pred_test, y_test, pred_train, posterior.y_train))
+    sections["metrics"] = (
+        "<p>Averages over points (and outputs), original units. NLL: negative log of the "
+        "mean predictive density over draws. Coverage and width: central 95% predictive "
+        "interval with noise. CRPS: continuous ranked probability score of the predictive "
+        "samples.</p>"
+        + _table(["data", "points", "RMSE", "NLL", "95% coverage", "95% width", "CRPS"], rows))
+    sections["files"] = ('<p><a href="posterior.nc">posterior.nc</a>: this run '
+                         "(<code>bayesresnet.export.load</code>, "
+                         "<code>arviz.from_netcdf</code>).</p>")
+
+    page_title = title if title is not None else f"bayesresnet report: {posterior.method.name}"
+    path = out / "index.html"
+    path.write_text(_page(page_title, sections, ok), encoding="utf-8")
+    return path
+
+
+def _page(title: str, sections: dict[str, str], ok: bool, keep_order: bool = False) -> str:
+    ordered = list(sections) if keep_order else [key for key in SECTIONS if key in sections]
+    nav = " ".join(f'<a href="#{key}">{_esc(SECTIONS[key])}</a>' for key in ordered)
+    body = "\n".join(f'<h2 id="{key}">{_esc(SECTIONS[key])}</h2>\n{sections[key]}'
+                     for key in ordered)
+    verdict = ("diagnostics passed" if ok else "diagnostics FAILED: see below")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{_esc(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{_esc(title)}</h1>\n<p class=\"{'pass' if ok else 'fail'}\">{_esc(verdict)}</p>\n"
+        f"<nav>{nav}</nav>\n{body}\n</body>\n</html>\n"
+    )
+
+
+# ------------------------------------------------------------------------------- several runs
+# Per method: the check of ``diagnose`` that best summarizes convergence, and its short label.
+_KEY_CHECKS = {"nuts": ("max R-hat", "R-hat"), "meanfield": ("PSIS k-hat", "k-hat"),
+               "lowrank": ("PSIS k-hat", "k-hat"),
+               "ensemble": ("member spread / noise", "spread/noise")}
+
+
+def _check_runs(posteriors: Any) -> dict[str, Posterior]:
+    if not isinstance(posteriors, dict) or not posteriors:
+        raise ValueError("posteriors must be a non-empty dict name -> Posterior")
+    for name, post in posteriors.items():
+        if not isinstance(name, str) or not name or not all(
+                c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise ValueError(f"run name {name!r} must be non-empty and use only letters, "
+                             "digits, '-', '_' and '.' (it names a folder)")
+        if not isinstance(post, Posterior):
+            raise ValueError(f"posteriors[{name!r}] is not a Posterior, got "
+                             f"{type(post).__name__}")
+    return posteriors
+
+
+def summary_rows(posteriors: dict[str, Posterior], x_test: Any = None, y_test: Any = None
+                 ) -> list[dict[str, Any]]:
+    """One row of metrics and convergence numbers per run, for comparing methods.
+
+    Parameters
+    ----------
+    posteriors : dict name -> Posterior
+    x_test, y_test : arrays (N, in_dim) and (N,) or (N, out_dim), optional
+        Held-out data for the metrics; without them the metrics are on each run's training data.
+
+    Returns
+    -------
+    list of dict
+        Keys: ``name``, ``method``, ``data`` ("test" or "train"), ``rmse``, ``nll``,
+        ``coverage_95``, ``width_95``, ``crps``, ``fit_seconds``, ``convergence`` (label such as
+        ``"R-hat"``, ``"k-hat"`` or ``"spread/noise"``, or ``""``), ``convergence_value``
+        (float, NaN when there is none), ``diagnostics_ok`` (bool).
+    """
+    rows = []
+    for name, post in _check_runs(posteriors).items():
+        x, y = _check_test(post, x_test, y_test)
+        label = "test"
+        if x is None:
+            x, y, label = post.x_train, post.y_train, "train"
+        pred = post.predict(x)
+        diag = post.diagnose()
+        check, short = _KEY_CHECKS.get(post.method.name, ("", ""))
+        table = diag.table
+        match = table[table["check"] == check]["value"].to_numpy()
+        rows.append({
+            "name": name, "method": post.method.name, "data": label,
+            "rmse": metrics.rmse(pred, y), "nll": metrics.nll(pred, y),
+            "coverage_95": metrics.coverage(pred, y, 0.95),
+            "width_95": metrics.interval_width(pred, 0.95), "crps": metrics.crps(pred, y),
+            "fit_seconds": post.fit_seconds,
+            "convergence": short if match.size else "",
+            "convergence_value": float(match[0]) if match.size else math.nan,
+            "diagnostics_ok": bool(diag.ok),
+        })
+    return rows
+
+
+def _bands_figure(posteriors: dict[str, Posterior], x_test: np.ndarray | None,
+                  y_test: np.ndarray | None) -> str:
+    """Predictive bands of several 1-D, one-output runs side by side, shared axes."""
+    runs = list(posteriors.items())
+    xs = [p.x_train[:, 0] for _, p in runs] + ([x_test[:, 0]] if x_test is not None else [])
+    low, high = min(v.min() for v in xs), max(v.max() for v in xs)
+    pad = 0.25 * (high - low) if high > low else 1.0
+    grid = np.linspace(low - pad, high + pad, _GRID_POINTS)[:, None]
+    cols = min(len(runs), 4)
+    rows = math.ceil(len(runs) / cols)
+    fig = _figure(4.2 * cols, 3.6 * rows)
+    axes = np.array(fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True))
+    for ax in axes.reshape(-1)[len(runs):]:
+        ax.set_axis_off()
+    for ax, (name, post) in zip(axes.reshape(-1), runs, strict=False):
+        pred = post.predict(grid)
+        lower, upper = pred.interval(0.95)
+        f_low, f_high = np.quantile(pred.f_samples, [0.025, 0.975], axis=0)
+        g = grid[:, 0]
+        ax.fill_between(g, lower[:, 0], upper[:, 0], color="C0", alpha=0.2,
+                        label="95% predictive")
+        ax.fill_between(g, f_low[:, 0], f_high[:, 0], color="C0", alpha=0.4,
+                        label="95% of f (epistemic)")
+        ax.plot(g, pred.mean[:, 0], color="C0", lw=1.3, label="mean")
+        if x_test is not None and y_test is not None:
+            ax.scatter(x_test[:, 0], y_test[:, 0], s=3, color="C1", alpha=0.3, label="test")
+        ax.scatter(post.x_train[:, 0], post.y_train[:, 0], s=10, color="k", zorder=3,
+                   label="train")
+        ax.set_title(name)
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    return _png(fig)
+
+
+def compare_report(posteriors: dict[str, Posterior], out_dir: str | os.PathLike,
+                   x_test: Any = None, y_test: Any = None, *, title: str | None = None
+                   ) -> Path:
+    """Write a comparison page of several runs plus one full :func:`report` per run.
+
+    Parameters
+    ----------
+    posteriors : dict name -> Posterior
+        The runs; each name (letters, digits, ``-``, ``_``, ``.``) names the folder
+        ``out_dir/<name>/`` that receives that run's report and ``posterior.nc``.
+    out_dir : str or path-like
+        Folder to write into (created if missing).
+    x_test, y_test : arrays, optional
+        Held-out data for metrics and calibration (see :func:`summary_rows`).
+    title : str, optional
+        Page title.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``out_dir/index.html``: the table of :func:`summary_rows` with a link to
+        each run's report, and the predictive bands side by side when every run has one input
+        and one output.
+    """
+    posteriors = _check_runs(posteriors)
+    if title is not None and not isinstance(title, str):
+        raise ValueError(f"title must be a string, got {type(title).__name__}")
+    out = Path(os.fspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(posteriors, x_test, y_test)
+    for name, post in posteriors.items():
+        report(post, out / name, x_test, y_test, title=f"{title or 'bayesresnet'}: {name}")
+    data = rows[0]["data"]
+    table = _table(
+        ["run", "method", f"RMSE ({data})", "NLL", "95% coverage", "95% width", "CRPS",
+         "fit s", "convergence", "diagnostics"],
+        [(_Raw(f'<a href="{_esc(r["name"])}/index.html">{_esc(r["name"])}</a>'), r["method"],
+          r["rmse"], r["nll"], r["coverage_95"], r["width_95"], r["crps"],
+          round(r["fit_seconds"], 1),
+          f"{r['convergence']} {_fmt(r['convergence_value'])}" if r["convergence"] else "",
+          _Raw('<span class="pass">&#10004; ok</span>' if r["diagnostics_ok"]
+               else '<span class="fail">&#10008; FAIL</span>'))
+         for r in rows])
+    sections = {"metrics": (f"<p>Metrics on the {data} data (original units); convergence: "
+                            "the key check of each method's diagnostics (NUTS: max R-hat, "
+                            "VI: PSIS k-hat, ensemble: member spread over noise). Each run's "
+                            "name links to its full report.</p>" + table)}
+    single = all(p.model.in_dim == 1 and p.model.out_dim == 1 for p in posteriors.values())
+    if single:
+        first = next(iter(posteriors.values()))
+        x, y = _check_test(first, x_test, y_test)
+        sections["predictions"] = ("<p>Predictive mean, 95% band of the network mean f and "
+                                   "95% predictive band of each run.</p>"
+                                   + _bands_figure(posteriors, x, y))
+    sections["files"] = "<ul>" + "".join(
+        f'<li><a href="{_esc(n)}/index.html">{_esc(n)}/index.html</a>, '
+        f'<a href="{_esc(n)}/posterior.nc">{_esc(n)}/posterior.nc</a></li>'
+        for n in posteriors) + "</ul>"
+    ok = all(r["diagnostics_ok"] for r in rows)
+    path = out / "index.html"
+    page = _page(title or "bayesresnet: comparison of runs", sections, ok, keep_order=True)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,741 @@
+"""UCI regression benchmark: NUTS, mean-field VI, low-rank VI and deep ensembles on the standard
+train/test splits, beside the published numbers.
+
+For every (data set, method, split) *unit*: load the split, fit the model on the training part
+(``bayesresnet.fit`` standardizes inputs and target on the training split), predict the test
+part, and score it in the target's original units: RMSE of the predictive mean, NLL (minus the
+log of the mean predictive density over draws, averaged over test points), coverage and mean
+width of the central 95% predictive interval, CRPS, and the fit's wall time. Each finished unit
+is appended as one JSON line to the results file (flushed at once), keyed by data set, method,
+split and the configuration's key, so an interrupted run resumes where it stopped and ``--quick``
+results never mix with full ones. The markdown report (mean and standard error over splits, the
+published rows beside ours, the targets) is rebuilt from the results file at the end, or alone
+with ``--report-only``; it shows every method of the configuration found there, so runs of
+different ``--methods`` sharing one results file all write the same, complete report.
+
+One default configuration per method, the same for every data set, is defined in
+:func:`default_config` and written into the report. Nothing in it was tuned on test splits.
+
+Run from the repository root::
+
+    python benchmarks/uci.py --datasets yacht energy wine-quality-red \
+        --methods ensemble meanfield lowrank nuts --splits 0-19 --jobs 2
+    python benchmarks/uci.py --quick                 # 3 splits, lighter settings
+    python benchmarks/uci.py --report-only           # rebuild the markdown from the JSON lines
+
+Distribution: :func:`run_unit` is a pure, picklable function of plain arguments, and
+:func:`run_units` maps it over the pending units with any executor that yields results as they
+complete (here: in-process, or a local process pool with ``--jobs``) and appends each result as
+it arrives; a dask ``Client.submit`` / ``as_completed`` pair fits the same loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "uci.md"
+DEFAULT_QUICK_OUT = REPO / "benchmarks" / "results" / "uci_quick.md"
+DEFAULT_PUBLISHED = REPO.parent / "shared" / "benchmarks" / "uci_published.csv"
+RESULTS_NAME = "uci.jsonl"
+
+# Methods in the order their units run: the cheap ones first, NUTS last.
+METHODS = ("ensemble", "meanfield", "lowrank", "nuts")
+METHOD_LABELS = {"ensemble": "Ensemble", "meanfield": "MeanField", "lowrank": "LowRank",
+                 "nuts": "NUTS"}
+
+# Our data-set folder names -> the names of the published tables.
+PUBLISHED_NAMES = {
+    "yacht": "yacht",
+    "energy": "energy",
+    "wine-quality-red": "wine",
+    "bostonHousing": "boston",
+    "power-plant": "power",
+    "concrete": "concrete",
+    "kin8nm": "kin8nm",
+    "naval-propulsion-plant": "naval",
+    "protein-tertiary-structure": "protein",
+}
+
+# Published method each of ours is compared with in the targets section.
+PUBLISHED_PEER = {"ensemble": "DeepEnsembles", "meanfield": "VI-meanfield", "nuts": "HMC"}
+COVERAGE_TARGET = (0.92, 0.98)
+COVERAGE_METHODS = ("nuts", "lowrank", "ensemble")
+
+METRICS = ("rmse", "nll", "coverage_95", "width_95", "crps", "fit_seconds")
+METRIC_LABELS = {"rmse": "RMSE", "nll": "NLL", "coverage_95": "95% cov.",
+                 "width_95": "95% width", "crps": "CRPS", "fit_seconds": "fit (s)"}
+
+
+# ------------------------------------------------------------------------------ configuration
+def _nuts_backend() -> str:
+    """The vectorized (chains in lock-step) NUTS backend where the library has it, else Pyro's."""
+    from bayesresnet.inference.nuts import BACKENDS
+
+    return "vectorized" if "vectorized" in BACKENDS else "pyro"
+
+
+def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict[str, Any]:
+    """The benchmark's configuration: one model and one setting per method for every data set.
+
+    Model: a ResNet of width 16 and depth 4 whose weights are quadratic in depth (Legendre
+    basis of degree 2: three coefficient matrices), tanh activation, horizon 1; independent
+    Normal(0, 1) priors on every network parameter and a Gaussian likelihood with one learned
+    noise scale under a HalfNormal(1) prior, in the standardized units ``fit`` works in. About
+    950 to 1030 parameters on yacht, energy and wine (the standard protocol's one hidden layer
+    of 50 units has 400 to 650).
+
+    How it was chosen (never on test data): on an internal 80/20 split of the *training* part
+    of split 0 (yacht first, then energy and wine), width 32 and depth 6 fitted no better than
+    width 16 and depth 4 at three times the cost; MAP members trained for 2000 steps overfitted
+    yacht (noise scale shrunk to the training residuals, validation NLL 1.8) where 1000 steps
+    did not (NLL 0.05); a Normal(0, 0.5) prior also cured that but left mean-field VI
+    underfitting energy, so every method keeps the same Normal(0, 1) prior; a heteroscedastic
+    likelihood gave up on yacht's large targets (validation RMSE 3.9). Step counts then follow
+    the time budget of a shared 2-core machine (mean-field VI still underfitted energy after
+    1000 steps, hence 2000).
+
+    Methods: a deep ensemble of 5 members (Lakshminarayanan et al. 2017 used 5), full-batch Adam
+    (minibatches of 256 above 1024 points), cosine-decayed learning rate; mean-field and
+    low-rank (rank about sqrt(dim)) Gaussian VI by SVI with 2 particles per step; NUTS from
+    MAP-initialized chains. ``quick`` shortens every run (fewer steps, draws and iterations).
+
+    Parameters
+    ----------
+    quick : bool
+        The light settings of ``--quick``.
+    nuts_backend : {'pyro', 'vectorized'}, optional
+        Default: ``'vectorized'`` where ``bayesresnet.NUTS`` offers it, else ``'pyro'``
+        (settings are smaller for the slower, chain-after-chain Pyro backend).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``name``, ``model`` (architecture and prior), ``methods`` (method name ->
+        keyword arguments of its class), ``seed`` (split i is fitted with seed ``seed + i``).
+    """
+    backend = _nuts_backend() if nuts_backend is None else nuts_backend
+    vectorized = backend == "vectorized"
+    model = {"width": 16, "depth": 4, "basis": "legendre2", "activation": "tanh",
+             "horizon": 1.0, "prior_scale": 1.0, "noise_prior_scale": 1.0}
+    if quick:
+        methods = {
+            "ensemble": {"members": 5, "steps": 300, "lr": 0.01},
+            "meanfield": {"steps": 300, "lr": 0.01, "num_particles": 1, "num_draws": 100},
+            "lowrank": {"steps": 300, "lr": 0.01, "num_particles": 1, "num_draws": 100},
+            "nuts": {"num_samples": 30, "warmup": 30, "chains": 4 if vectorized else 2,
+                     "max_tree_depth": 4, "init_steps": 300, "backend": backend},
+        }
+    else:
+        methods = {
+            "ensemble": {"members": 5, "steps": 1000, "lr": 0.01},
+            "meanfield": {"steps": 2000, "lr": 0.01, "num_particles": 2, "num_draws": 500},
+            "lowrank": {"steps": 2000, "lr": 0.01, "num_particles": 2, "num_draws": 500},
+            "nuts": ({"num_samples": 150, "warmup": 150, "chains": 4, "max_tree_depth": 7,
+                      "backend": backend} if vectorized else
+                     {"num_samples": 100, "warmup": 100, "chains": 2, "max_tree_depth": 6,
+                      "backend": backend}),
+        }
+    return {"name": "quick" if quick else "full", "model": model, "methods": methods, "seed": 0}
+
+
+def unit_key(config: dict[str, Any], method: str) -> str:
+    """The configuration key of one method's units: ``'<name>-<hash>'``.
+
+    The hash covers what determines a unit's result for that method (model, the method's
+    settings, the seed), so changing one method's settings leaves the others' results valid.
+    """
+    relevant = {"model": config["model"], "method": method,
+                "settings": config["methods"][method], "seed": config["seed"]}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{config['name']}-{digest}"
+
+
+def build_model(config: dict[str, Any], in_dim: int) -> Any:
+    """The ``BayesianResNet`` of ``config['model']`` for ``in_dim`` inputs and one output."""
+    import bayesresnet as brn
+
+    spec = config["model"]
+    net = brn.ResNet(in_dim, 1, width=spec["width"], depth=spec["depth"], basis=spec["basis"],
+                     activation=spec["activation"], horizon=spec["horizon"])
+    return brn.BayesianResNet(net, prior=brn.priors.Normal(spec["prior_scale"]),
+                              likelihood=brn.likelihoods.Gaussian(
+                                  noise_prior_scale=spec["noise_prior_scale"]))
+
+
+def build_method(config: dict[str, Any], method: str) -> Any:
+    """The configured inference method object (``bayesresnet.NUTS(...)`` etc.)."""
+    from bayesresnet.inference import METHODS as LIBRARY_METHODS
+
+    if method not in config["methods"]:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(config['methods'])}")
+    return LIBRARY_METHODS[method](**config["methods"][method])
+
+
+# ------------------------------------------------------------------------------ one unit
+def _method_diagnostics(posterior: Any, method: str, pred: Any) -> dict[str, Any]:
+    """A few cheap convergence indicators worth keeping beside the scores."""
+    stats = posterior.stats
+    if method == "nuts":
+        import arviz as az
+
+        chains, draws = posterior.num_chains, posterior.num_draws
+        # Rank-normalized split R-hat of the predictive mean at each test point: identifiable,
+        # unlike the weights.
+        f = pred.f_samples[..., 0].reshape(chains, draws, -1)
+        rhat = az.rhat(az.convert_to_dataset({"f": f}))["f"].values if chains > 1 else None
+        return {"divergences": int(np.sum(stats["diverging"])),
+                "mean_tree_depth": float(np.mean(stats["tree_depth"])),
+                "mean_accept_prob": float(np.mean(stats["accept_prob"])),
+                "max_rhat_f": None if rhat is None else float(np.max(rhat))}
+    if method in ("meanfield", "lowrank"):
+        elbo = np.asarray(stats["elbo"])
+        tail = max(1, len(elbo) // 10)
+        return {"final_elbo": float(np.mean(elbo[-tail:]))}
+    return {"final_loss": [float(v) for v in np.asarray(stats["final_loss"]).ravel()]}
+
+
+def run_unit(config: dict[str, Any], dataset: str, method: str, split: int,
+             data_root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Fit, predict and score one (data set, method, split).
+
+    Pure apart from reading the data files: every random choice is seeded by
+    ``config['seed'] + split``, and nothing global is changed, so it can run in any worker.
+
+    Parameters
+    ----------
+    config : dict
+        From :func:`default_config`.
+    dataset : str
+        Data-set folder name under ``data_root``.
+    method : {'ensemble', 'meanfield', 'lowrank', 'nuts'}
+    split : int
+        Standard split index.
+    data_root : path-like
+        Root of the UCI folders.
+
+    Returns
+    -------
+    dict
+        JSON-able record: ``dataset``, ``method``, ``split``, ``config`` (:func:`unit_key`),
+        the metrics of :data:`METRICS` (original units), ``predict_seconds``,
+        ``cpu_seconds`` (CPU time of the whole unit), sizes, the
+        method's settings and a few diagnostics, and where and when it ran.
+    """
+    import torch
+
+    import bayesresnet as brn
+    from bayesresnet import metrics
+    from bayesresnet.uci import uci
+
+    cpu_start = time.process_time()
+    x_train, y_train, x_test, y_test = uci(dataset, split, data_root)
+    model = build_model(config, x_train.shape[1])
+    inference = build_method(config, method)
+    seed = int(config["seed"]) + int(split)
+    posterior = brn.fit(model, x_train, y_train, method=inference, seed=seed, progress=False)
+    start = time.perf_counter()
+    pred = posterior.predict(x_test)
+    predict_seconds = time.perf_counter() - start
+    return {
+        "dataset": dataset,
+        "method": method,
+        "split": int(split),
+        "config": unit_key(config, method),
+        "rmse": metrics.rmse(pred, y_test),
+        "nll": metrics.nll(pred, y_test),
+        "coverage_95": metrics.coverage(pred, y_test, 0.95),
+        "width_95": metrics.interval_width(pred, 0.95),
+        "crps": metrics.crps(pred, y_test),
+        "fit_seconds": posterior.fit_seconds,
+        "predict_seconds": predict_seconds,
+        # CPU time of the whole unit in this process (all threads): comparable across loads
+        # of a shared machine, unlike the wall times.
+        "cpu_seconds": time.process_time() - cpu_start,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "num_params": model.dim,
+        "num_draws": pred.num_draws,
+        "seed": seed,
+        "settings": inference.config(),
+        "diagnostics": _method_diagnostics(posterior, method, pred),
+        "version": brn.__version__,
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------ results file
+Unit = tuple[str, str, int]
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """All records of a JSON-lines results file (none if it does not exist).
+
+    A last line cut off by an interrupted write is ignored; a bad line elsewhere is an error.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                print(f"warning: ignoring the incomplete last line of {path}", file=sys.stderr)
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({err})") from None
+    return records
+
+
+def append_result(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a JSON line and flush it to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            # A line cut off by an interrupted write must not swallow this record.
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def done_units(records: Iterable[dict[str, Any]], config: dict[str, Any]) -> set[Unit]:
+    """Units of ``config`` that the records already hold."""
+    keys = {method: unit_key(config, method) for method in config["methods"]}
+    return {(r["dataset"], r["method"], int(r["split"])) for r in records
+            if keys.get(r.get("method")) == r.get("config")}
+
+
+def plan_units(datasets: Sequence[str], methods: Sequence[str], splits: Sequence[int]
+               ) -> list[Unit]:
+    """Every unit, in the order they run: split by split, and within a split method by method
+    (:data:`METHODS` order) and data set by data set, so a run cut short leaves every method
+    with about the same splits; NUTS, the expensive one, after all the others."""
+    cheap = [m for m in METHODS if m in methods and m != "nuts"]
+    units = [(d, m, s) for s in splits for m in cheap for d in datasets]
+    if "nuts" in methods:
+        units += [(d, "nuts", s) for s in splits for d in datasets]
+    return units
+
+
+# ------------------------------------------------------------------------------ running
+def _init_worker(threads: int) -> None:
+    """Per-process setup of a runner: torch threads, and no Pyro INFO lines in the log."""
+    import logging
+
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.getLogger("pyro").setLevel(logging.WARNING)
+
+
+def _serial(config: dict[str, Any], units: Sequence[Unit], data_root: str
+            ) -> Iterator[tuple[Unit, dict[str, Any] | BaseException]]:
+    for unit in units:
+        try:
+            yield unit, run_unit(config, *unit, data_root)
+        except Exception as err:  # reported by run_units; the other units go on
+            yield unit, err
+
+
+def _pool(config: dict[str, Any], units: Sequence[Unit], data_root: str, jobs: int,
+          threads: int) -> Iterator[tuple[Unit, dict[str, Any] | BaseException]]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context,
+                                                initializer=_init_worker,
+                                                initargs=(threads,)) as pool:
+        futures = {pool.submit(run_unit, config, *unit, data_root): unit for unit in units}
+        for future in concurrent.futures.as_completed(futures):
+            error = future.exception()
+            yield futures[future], (future.result() if error is None else error)
+
+
+def run_units(config: dict[str, Any], units: Sequence[Unit], data_root: str | os.PathLike[str],
+              results: Path, *, jobs: int = 1, threads: int = 1, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> list[tuple[Unit, str]]:
+    """Run the units and append each result to ``results`` as soon as it completes.
+
+    Parameters
+    ----------
+    jobs : int
+        1: run in this process; more: a pool of that many worker processes.
+    threads : int
+        Torch threads per worker.
+
+    Returns
+    -------
+    list of (unit, error message)
+        The units that failed (their tracebacks are printed); the others are in ``results``.
+    """
+    from tqdm.auto import tqdm
+
+    log = log or (lambda message: print(message, file=sys.stderr))
+    data_root = str(data_root)
+    if jobs == 1:
+        _init_worker(threads)
+        stream = _serial(config, units, data_root)
+    else:
+        stream = _pool(config, units, data_root, jobs, threads)
+    failures = []
+    with tqdm(total=len(units), desc="uci", unit="fit", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for unit, outcome in stream:
+            if isinstance(outcome, BaseException):
+                text = "".join(traceback.format_exception(outcome)).rstrip()
+                log(f"unit {unit} failed:\n{text}")
+                failures.append((unit, f"{type(outcome).__name__}: {outcome}"))
+            else:
+                append_result(results, outcome)
+                bar.set_postfix_str(f"{unit[0]} {unit[1]} split {unit[2]}: "
+                                    f"rmse {outcome['rmse']:.3g} nll {outcome['nll']:.3g}",
+                                    refresh=False)
+            bar.update(1)
+    return failures
+
+
+# ------------------------------------------------------------------------------ report
+def read_published(path: Path) -> list[dict[str, Any]]:
+    """Rows of the published-results CSV with numeric fields as floats."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for field in ("rmse", "rmse_err", "nll", "nll_err"):
+            row[field] = float(row[field])
+    return rows
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Mean and standard error over splits per (data set, method).
+
+    Returns
+    -------
+    dict (dataset, method) -> {"n": splits, "splits": sorted list, metric: (mean, se)}
+        The standard error is the sample standard deviation over splits / sqrt(n)
+        (NaN for one split).
+    """
+    groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["dataset"], record["method"]), {})[record["split"]] = record
+    summary = {}
+    for key, by_split in groups.items():
+        entry: dict[str, Any] = {"n": len(by_split), "splits": sorted(by_split)}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in by_split.values()], dtype=float)
+            se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+            entry[metric] = (float(values.mean()), float(se))
+        summary[key] = entry
+    return summary
+
+
+def _pm(mean: float, err: float, digits: int = 3) -> str:
+    if math.isnan(err):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {err:.{digits}f}"
+
+
+def _targets(summary: dict[tuple[str, str], dict[str, Any]], datasets: Sequence[str],
+             published: list[dict[str, Any]]) -> list[str]:
+    """Rows of the targets table (markdown)."""
+    pub = {(r["dataset"], r["method"]): r for r in published}
+    rows = []
+    for dataset in datasets:
+        name = PUBLISHED_NAMES.get(dataset, dataset)
+        for method, peer in PUBLISHED_PEER.items():
+            ours, theirs = summary.get((dataset, method)), pub.get((name, peer))
+            if ours is None or theirs is None:
+                continue
+            for metric in ("rmse", "nll"):
+                mean, se = ours[metric]
+                ref, ref_err = theirs[metric], theirs[f"{metric}_err"]
+                if method == "nuts":
+                    # "Within one standard error or better": the standard error of the
+                    # difference, both errors being standard errors (HMC's are).
+                    margin = math.hypot(0.0 if math.isnan(se) else se, ref_err)
+                    met = mean <= ref + margin
+                    rule = f"≤ {peer} + {margin:.3f}"
+                else:
+                    met = mean < ref
+                    rule = f"< {peer}"
+                rows.append(f"| {dataset} | {METHOD_LABELS[method]} {METRIC_LABELS[metric]} "
+                            f"{rule} | {_pm(mean, se)} (n={ours['n']}) | {ref:.2f} | "
+                            f"{'yes' if met else 'no'} |")
+        low, high = COVERAGE_TARGET
+        for method in COVERAGE_METHODS:
+            ours = summary.get((dataset, method))
+            if ours is None:
+                continue
+            mean, se = ours["coverage_95"]
+            met = low <= mean <= high
+            rows.append(f"| {dataset} | {METHOD_LABELS[method]} 95% coverage in [{low}, {high}] "
+                        f"| {_pm(mean, se)} (n={ours['n']}) | — | {'yes' if met else 'no'} |")
+    return rows
+
+
+def render_report(config: dict[str, Any], records: Sequence[dict[str, Any]],
+                  published: list[dict[str, Any]], *, datasets: Sequence[str] | None = None,
+                  command: str = "") -> str:
+    """The markdown report of the records that belong to ``config``.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration whose units are reported (others are counted, not shown).
+    records : sequence of dict
+        Records of the results file.
+    published : list of dict
+        Rows of :func:`read_published` (may be empty).
+    datasets : sequence of str, optional
+        Order of the data sets (default: those in the records, sorted).
+    command : str
+        The command line, quoted in the report.
+    """
+    keys = {method: unit_key(config, method) for method in config["methods"]}
+    mine, seen = [], set()
+    for record in records:
+        unit = (record["dataset"], record["method"], int(record["split"]))
+        if keys.get(record.get("method")) == record.get("config") and unit not in seen:
+            seen.add(unit)
+            mine.append(record)
+    summary = summarize(mine)
+    if datasets is None:
+        datasets = sorted({r["dataset"] for r in mine})
+    methods = [m for m in METHODS if any(r["method"] == m for r in mine)]
+
+    lines = [f"# UCI regression benchmark ({config['name']} configuration)", ""]
+    lines += [
+        "Standard train/test splits (90/10, Hernandez-Lobato & Adams 2015); inputs and target "
+        "standardized on each training split by `bayesresnet.fit`; every score in the target's "
+        "original units, averaged over the test points of a split, then mean ± standard error "
+        "over the splits (n = number of splits in the cell). NLL = -log of the mean predictive "
+        "density over draws; 95% cov. and width: the central 95% interval of the predictive "
+        "mixture (noise included); CRPS of the predictive samples; fit (s): wall time of "
+        "`fit`, on the machine and thread count of each run (see the JSON lines).",
+        "",
+    ]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    for dataset in datasets:
+        n_train = next((r["n_train"] for r in mine if r["dataset"] == dataset), None)
+        n_test = next((r["n_test"] for r in mine if r["dataset"] == dataset), None)
+        params = next((r["num_params"] for r in mine if r["dataset"] == dataset), None)
+        lines += [f"## {dataset}", ""]
+        if n_train is not None:
+            lines += [f"{n_train} training / {n_test} test points per split; {params} "
+                      "parameters.", ""]
+        header = "| method | n | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
+        lines += [header, "|" + "---|" * (len(METRICS) + 2)]
+        for method in methods:
+            entry = summary.get((dataset, method))
+            if entry is None:
+                continue
+            cells = [_pm(*entry[m], digits=1 if m == "fit_seconds" else 3) for m in METRICS]
+            lines.append(f"| {METHOD_LABELS[method]} (ours) | {entry['n']} | "
+                         + " | ".join(cells) + " |")
+        name = PUBLISHED_NAMES.get(dataset, dataset)
+        for row in (r for r in published if r["dataset"] == name):
+            kind = row["err_kind"]
+            lines.append(f"| {row['method']} (published, ± {kind}) | | "
+                         f"{_pm(row['rmse'], row['rmse_err'], 2)} | "
+                         f"{_pm(row['nll'], row['nll_err'], 2)} | | | | |")
+        lines.append("")
+
+    target_rows = _targets(summary, datasets, published)
+    if target_rows:
+        lines += [
+            "## Targets", "",
+            "Ensemble and MeanField must beat the published DeepEnsembles and VI-meanfield means "
+            "(lower RMSE and NLL); NUTS must be within one standard error of published HMC or "
+            "better (ours ≤ HMC + the standard error of the difference); NUTS, LowRank and "
+            "Ensemble must cover 92% to 98% of the test points with their 95% intervals.", "",
+            "| data set | target | ours | published | met |", "|---|---|---|---|---|",
+            *target_rows, "",
+        ]
+
+    lines += ["## Configuration", "",
+              "One configuration per method, the same for every data set; nothing was tuned on "
+              "test splits. Split i is fitted with seed " f"{config['seed']} + i.", "",
+              f"Model: `{json.dumps(config['model'], sort_keys=True)}` (a `bayesresnet.ResNet`, "
+              "`priors.Normal(prior_scale)` on every network parameter, "
+              "`likelihoods.Gaussian(noise_prior_scale=...)` with a learned noise scale).", "",
+              "| method | key | settings |", "|---|---|---|"]
+    for method in METHODS:
+        if method in config["methods"]:
+            note = "" if method in methods else " (no results yet)"
+            lines.append(f"| {METHOD_LABELS[method]}{note} | `{keys[method]}` | "
+                         f"`{json.dumps(config['methods'][method], sort_keys=True)}` |")
+    other = len(records) - len(mine)
+    lines += ["", f"{len(mine)} units reported"
+              + (f"; {other} records of other configurations (or duplicates) in the results "
+                 "file are not shown." if other else "."), ""]
+    if published:
+        sources = sorted({(r["method"], r["source"]) for r in published
+                          if r["dataset"] in {PUBLISHED_NAMES.get(d, d) for d in datasets}})
+        lines += ["Published rows (± their standard error `se` or standard deviation `sd` over "
+                  "splits, as the source gives it):", ""]
+        lines += [f"- {method}: {source}" for method, source in sources]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ command line
+def parse_splits(text: str) -> list[int]:
+    """Split indices from ``'0-19'``, ``'0,3,5'`` or a mix such as ``'0-2,7'``.
+
+    Raises
+    ------
+    ValueError
+        On an empty or malformed list, a negative index, a reversed range or a repeat.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("splits must be a non-empty list such as '0-19' or '0,3,5'")
+    splits: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        bounds = part.split("-")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            raise ValueError(f"bad split specification {part!r} in {text!r}: expected a "
+                             "non-negative integer or a range 'a-b', e.g. '0-19' or '0,3,5'")
+        low, high = int(bounds[0]), int(bounds[-1])
+        if high < low:
+            raise ValueError(f"bad split range {part!r}: the end is below the start")
+        splits.extend(range(low, high + 1))
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"splits {text!r} name a split more than once")
+    return splits
+
+
+def default_data_root() -> Path:
+    """``$BAYESRESNET_DATA`` if set, else ``../shared/data/uci`` beside the repository."""
+    env = os.environ.get("BAYESRESNET_DATA", "")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "uci"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/uci.py", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="root of the UCI folders (default: $BAYESRESNET_DATA, else "
+                             "../shared/data/uci beside the repository)")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="data-set folder names (default: every one under the data root)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="methods to run (they run in the order ensemble, meanfield, "
+                             "lowrank, nuts)")
+    parser.add_argument("--splits", default=None,
+                        help="split indices, e.g. '0-19' or '0,3,5' (default 0-19; 0-2 with "
+                             "--quick)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"markdown report (default {DEFAULT_OUT.relative_to(REPO)}, or "
+                             f"{DEFAULT_QUICK_OUT.relative_to(REPO)} with --quick)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"JSON-lines results file (default {RESULTS_NAME} beside --out)")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 splits and lighter settings (a separate configuration key)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the report from the results file without fitting")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes (1: run in this process)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--nuts-backend", choices=("auto", "vectorized", "pyro"), default="auto",
+                        help="NUTS backend of the configuration (auto: vectorized where the "
+                             "library has it); results of the other backend are kept apart")
+    parser.add_argument("--published", type=Path, default=DEFAULT_PUBLISHED,
+                        help="CSV of published results")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _check_datasets(parser: argparse.ArgumentParser, root: Path, datasets: Sequence[str],
+                    splits: Sequence[int]) -> None:
+    from bayesresnet.uci import uci, uci_names
+
+    available = uci_names(root)
+    unknown = [d for d in datasets if d not in available]
+    if unknown:
+        parser.error(f"unknown data set(s) {unknown} under {root}; available: "
+                     f"{', '.join(available) or 'none'}")
+    for dataset in datasets:
+        try:
+            uci(dataset, max(splits), root)
+        except ValueError as err:
+            parser.error(f"--splits: {err}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 if a unit failed)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be positive integers")
+    try:
+        splits = parse_splits(args.splits if args.splits is not None else
+                              ("0-2" if args.quick else "0-19"))
+    except ValueError as err:
+        parser.error(f"--splits: {err}")
+    out = args.out or (DEFAULT_QUICK_OUT if args.quick else DEFAULT_OUT)
+    results = args.results or out.parent / RESULTS_NAME
+    config = default_config(quick=args.quick, nuts_backend=None if args.nuts_backend == "auto"
+                            else args.nuts_backend)
+    published = read_published(args.published) if args.published.is_file() else []
+    if not published:
+        print(f"warning: no published results at {args.published}", file=sys.stderr)
+
+    failures: list[tuple[Unit, str]] = []
+    if args.report_only and not results.is_file():
+        parser.error(f"--report-only: no results file {results} (pass --results)")
+    if not args.report_only:
+        root = (args.data_root or default_data_root()).expanduser()
+        if not root.is_dir():
+            parser.error(f"data root {root} is not a folder (pass --data-root or set "
+                         "BAYESRESNET_DATA)")
+        from bayesresnet.uci import uci_names
+
+        datasets = args.datasets or uci_names(root)
+        _check_datasets(parser, root, datasets, splits)
+        units = plan_units(datasets, args.methods, splits)
+        done = done_units(load_results(results), config)
+        pending = [u for u in units if u not in done]
+        print(f"{len(units)} units, {len(units) - len(pending)} already in {results}, "
+              f"{len(pending)} to run", file=sys.stderr)
+        failures = run_units(config, pending, root, results, jobs=args.jobs,
+                             threads=args.threads, progress=not args.no_progress)
+    records = load_results(results)
+    datasets = args.datasets
+    command = "python benchmarks/uci.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = render_report(config, records, published, datasets=datasets, command=command)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"wrote {out} from {results}", file=sys.stderr)
+    for unit, message in failures:
+        print(f"FAILED {unit}: {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
