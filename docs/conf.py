@@ -8,15 +8,16 @@ Build (warnings are errors)::
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import bayesresnet  # noqa: E402
+import bayesresnet
 
 project = "bayesresnet"
 author = "the bayesresnet developers"
-copyright = "the bayesresnet developers"  # noqa: A001
+copyright = "the bayesresnet developers"
 version = release = bayesresnet.__version__
 
 extensions = [
@@ -45,3 +46,32 @@ html_static_path: list[str] = []
 html_theme_options = {"description": "Bayesian weight-parameterized ResNets on Pyro",
                       "fixed_sidebar": True}
 nitpicky = False
+
+
+# The docstrings write array shapes with a star for "any leading sample dimensions", as in
+# ``(*S, N, out_dim)``, and absolute values as ``|x|``; reStructuredText would read the star as
+# the start of emphasis and the bars as a substitution reference. Outside inline literals, escape
+# a star that opens such a shape entry (after "(" or ", " and before a name) and every bar of a
+# line that is not a table or line block, before numpydoc and docutils see the text.
+_SHAPE_STAR = re.compile(r"(?:(?<=[(\[])|(?<=, ))\*(?=[A-Za-z_][A-Za-z_0-9]*(?:[,)\]]|\s))")
+
+
+def _escape_plain(text: str, bars: bool) -> str:
+    text = _SHAPE_STAR.sub(r"\\*", text)
+    return text.replace("|", "\\|") if bars else text
+
+
+def _escape_docstring(app, what, name, obj, options, lines):
+    for i, line in enumerate(lines):
+        if "*" not in line and "|" not in line:
+            continue
+        bars = not line.lstrip().startswith(("|", "+"))
+        parts = line.split("``")
+        # Even parts are outside ``inline literals``.
+        lines[i] = "``".join(_escape_plain(part, bars) if k % 2 == 0 else part
+                             for k, part in enumerate(parts))
+
+
+def setup(app):
+    # Runs before numpydoc's handler of the same event (lower priority number first).
+    app.connect("autodoc-process-docstring", _escape_docstring, priority=100)

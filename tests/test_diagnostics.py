@@ -211,10 +211,16 @@ def test_broken_nuts_run_fails(model, data):
 
 
 @pytest.mark.slow
-def test_healthy_nuts_run_passes(data):
-    model = brn.BayesianResNet(brn.ResNet(1, 1, width=2, depth=2, basis=brn.Constant()))
-    post = fit(model, *data, NUTS(num_samples=400, warmup=400, chains=4), seed=0,
-               progress=False)
+def test_healthy_nuts_run_passes():
+    """A small, well-conditioned model (a linear ResNet of width 1) with enough warmup.
+
+    Even tiny tanh networks give NUTS deep trees and divergences (their posteriors have funnels
+    and many modes), so the healthy reference is the linear one.
+    """
+    x, y = brn.data.sine(30, seed=0)
+    net = brn.ResNet(1, 1, width=1, depth=2, basis=brn.Constant(), activation="identity")
+    post = fit(brn.BayesianResNet(net), x, y, NUTS(num_samples=400, warmup=400, chains=4),
+               seed=0, progress=False)
     diag = post.diagnose()
     assert diag.ok, str(diag)
 

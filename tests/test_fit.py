@@ -20,7 +20,8 @@ FAST = {
     "ensemble": lambda: brn.Ensemble(members=3, steps=50),
     "meanfield": lambda: brn.MeanField(steps=50, num_draws=20),
     "lowrank": lambda: brn.LowRank(steps=50, num_draws=20),
-    "nuts": lambda: brn.NUTS(num_samples=10, warmup=10, chains=2, init_steps=20),
+    "nuts": lambda: brn.NUTS(num_samples=10, warmup=10, chains=2, init_steps=20,
+                             max_tree_depth=4),
 }
 
 

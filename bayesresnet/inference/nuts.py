@@ -25,11 +25,14 @@ Per-draw statistics (arrays of shape (chain, draw), post-warmup only)
     The energy error of a trajectory point exceeded 1000 (or was not finite) while the tree
     was built.
 ``tree_depth``
-    Number of trajectory doublings, 1 <= depth <= ``max_tree_depth`` (Stan's ``treedepth__``).
+    Number of doublings merged into the trajectory, 0 <= depth <= ``max_tree_depth`` (Stan's
+    ``treedepth__``; a subtree rejected for a U-turn or divergence inside it is not counted, so
+    depth 0 means the very first leapfrog step diverged).
 ``num_steps``
-    Leapfrog steps of the transition, at most ``2**tree_depth - 1`` (Stan's ``n_leapfrog__``).
+    Leapfrog steps of the transition including those of a rejected last subtree (Stan's
+    ``n_leapfrog__``): ``2**depth - 1 <= num_steps <= 2**(depth + 1) - 1``.
 ``reached_max_tree_depth``
-    ``tree_depth == max_tree_depth`` (Stan's saturation criterion).
+    ``tree_depth == max_tree_depth``: the trajectory was cut by the depth limit.
 ``step_size``
     Leapfrog step size of the transition.
 ``accept_prob``
@@ -262,7 +265,7 @@ class _RecordingNUTS(pyro.infer.NUTS):
         self.records: list[dict[str, Any]] = []
         self._in_transition = False
         self._nesting = 0
-        self._subtrees: list[tuple[int, Tensor, bool]] = []
+        self._subtrees: list[tuple[int, Tensor, bool, bool]] = []
         self._leaves: dict[int, tuple[dict, Tensor]] = {}
         self._start_kinetic: Tensor | None = None
 
@@ -295,7 +298,7 @@ class _RecordingNUTS(pyro.infer.NUTS):
             self._nesting -= 1
         if top:
             self._subtrees.append((int(tree.num_proposals), tree.sum_accept_probs.detach(),
-                                   bool(tree.diverging)))
+                                   bool(tree.diverging), bool(tree.turning)))
         return tree
 
     def sample(self, params):
@@ -310,15 +313,16 @@ class _RecordingNUTS(pyro.infer.NUTS):
         leaf = self._leaves.get(id(z))
         energy = leaf[1] if leaf is not None and leaf[0] is z else \
             potential.detach() + self._start_kinetic
-        num_steps = sum(n for n, _, _ in self._subtrees)
-        depth = len(self._subtrees)
+        num_steps = sum(n for n, _, _, _ in self._subtrees)
+        # Pyro merges a new subtree unless it diverged or turned inside (then it stops).
+        depth = sum(not (d or t) for _, _, d, t in self._subtrees)
         self.records.append({
-            "diverging": any(d for _, _, d in self._subtrees),
+            "diverging": any(d for _, _, d, _ in self._subtrees),
             "tree_depth": depth,
             "num_steps": num_steps,
             "reached_max_tree_depth": depth >= self._max_tree_depth,
             "step_size": step_size,
-            "accept_prob": float(sum(a for _, a, _ in self._subtrees)) / num_steps,
+            "accept_prob": float(sum(a for _, a, _, _ in self._subtrees)) / num_steps,
             "log_density": -float(potential),
             "energy": float(energy),
         })
