@@ -3,6 +3,8 @@
 from . import basis, data, likelihoods, metrics, ode, priors
 from ._version import __version__
 from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
+from .diagnostics import ConvergenceWarning, Diagnostics
+from .export import PosteriorFileError, compare, load
 from .inference import MAP, NUTS, Ensemble, LowRank, MeanField, fit
 from .model import BayesianResNet
 from .ode import stiffness
@@ -16,7 +18,9 @@ __all__ = [
     "NUTS",
     "BayesianResNet",
     "Constant",
+    "ConvergenceWarning",
     "Cubic",
+    "Diagnostics",
     "Ensemble",
     "Legendre",
     "Linear",
@@ -25,13 +29,16 @@ __all__ = [
     "Monomial",
     "Piecewise",
     "Posterior",
+    "PosteriorFileError",
     "Prediction",
     "ResNet",
     "__version__",
     "basis",
+    "compare",
     "data",
     "fit",
     "likelihoods",
+    "load",
     "metrics",
     "ode",
     "priors",

@@ -54,7 +54,7 @@ __all__ = ["DEMO_SETTINGS", "CLIError", "DataTable", "main", "read_table"]
 
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
-        "nuts": {"num_samples": 500, "warmup": 500, "chains": 4},
+        "nuts": {"num_samples": 300, "warmup": 300, "chains": 4, "max_tree_depth": 7},
         "meanfield": {"steps": 3000, "num_draws": 1000},
         "lowrank": {"steps": 3000, "num_draws": 1000},
         "ensemble": {"members": 8, "steps": 2000},

@@ -104,3 +104,10 @@ def test_predict_validates_and_returns_original_units(toy):
     unscaled = brn.fit(model, x, y, method=brn.MAP(steps=5), seed=0, standardize=False,
                        progress=False)
     assert np.allclose(unscaled.x_scaler.mean, 0) and np.allclose(unscaled.y_scaler.std, 1)
+
+
+def test_fit_warns_when_diagnostics_fail(toy):
+    model, x, y = toy
+    broken = brn.NUTS(num_samples=20, warmup=5, chains=2, max_tree_depth=2, init="prior")
+    with pytest.warns(brn.ConvergenceWarning):
+        brn.fit(model, x, y, method=broken, seed=0, progress=False)

@@ -52,7 +52,8 @@ def _check_targets(y: Any, n: int, out_dim: int) -> Any:
 
 
 def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "nuts", *,
-        seed: int | None = None, standardize: bool = True, progress: bool = True) -> Posterior:
+        seed: int | None = None, standardize: bool = True, progress: bool = True,
+        check: bool = True) -> Posterior:
     """Approximate the posterior of ``model`` given data.
 
     Parameters
@@ -73,6 +74,9 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
         units.
     progress : bool
         Show progress bars.
+    check : bool
+        Run :meth:`Posterior.diagnose` after the fit and issue a
+        :class:`bayesresnet.ConvergenceWarning` when a check fails.
 
     Returns
     -------
@@ -101,5 +105,10 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
         start = time.perf_counter()
         result = method.run(model, x_std, y_std, int(seed), progress)
         seconds = time.perf_counter() - start
-    return Posterior(model, result.draws, result.stats, method, x_scaler, y_scaler, int(seed),
-                     seconds, x_t.numpy(), y_t.numpy(), extra=result.extra)
+    posterior = Posterior(model, result.draws, result.stats, method, x_scaler, y_scaler,
+                          int(seed), seconds, x_t.numpy(), y_t.numpy(), extra=result.extra)
+    if check:
+        from ..diagnostics import warn_if_failed
+
+        warn_if_failed(posterior.diagnose(), stacklevel=3)
+    return posterior
