@@ -42,6 +42,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -575,10 +576,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from bayesresnet.diagnostics import ConvergenceWarning
     from bayesresnet.export import PosteriorFileError
 
     try:
-        return handler(args)
+        with warnings.catch_warnings():
+            # Every command prints or writes the diagnostics itself.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return handler(args)
     except KeyboardInterrupt:
         print("bayesresnet: interrupted", file=sys.stderr)
         return 130

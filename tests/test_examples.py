@@ -74,3 +74,15 @@ def test_examples_document_themselves():
         doc = text.split('"""')[1]
         for needed in ("Usage::", "--out", "--fast", "BAYESRESNET_FAST", "Writes"):
             assert needed in doc, (script, needed)
+
+
+@pytest.mark.slow
+def test_docs_build_without_warnings(tmp_path):
+    pytest.importorskip("sphinx")
+    pytest.importorskip("numpydoc")
+    done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b",
+                           "html", str(REPO / "docs"), str(tmp_path / "html")],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "html" / "api.html").is_file()
