@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     x_test, y_test = brn.data.sine(2000, seed=args.seed + 1, noise=0.3)
     scale = float(np.var(y))
     widths, depths, steps = (([4, 16], [4, 8], 200) if args.fast
-                             else ([4, 8, 16, 32], [4, 8, 16], 2000))
+                             else ([4, 8, 16, 32], [4, 8, 16], 1500))
     rows = []
     with one_thread():
         for basis_name, basis in BASES.items():
