@@ -5,7 +5,7 @@ from ._version import __version__
 from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
 from .diagnostics import ConvergenceWarning, Diagnostics
 from .export import PosteriorFileError, compare, load
-from .inference import MAP, NUTS, Ensemble, LowRank, MeanField, fit
+from .inference import MAP, NUTS, Ensemble, LowRank, MeanField, UnitFailedError, fit
 from .model import BayesianResNet
 from .ode import stiffness
 from .posterior import Posterior, Prediction
@@ -32,6 +32,7 @@ __all__ = [
     "PosteriorFileError",
     "Prediction",
     "ResNet",
+    "UnitFailedError",
     "__version__",
     "basis",
     "compare",

@@ -22,20 +22,27 @@ Run from the repository root::
         --methods ensemble meanfield lowrank nuts --splits 0-19 --jobs 2
     python benchmarks/uci.py --quick                 # 3 splits, lighter settings
     python benchmarks/uci.py --report-only           # rebuild the markdown from the JSON lines
+    python benchmarks/uci.py --dask-workers 8        # a Dask LocalCluster of 8 processes
+    python benchmarks/uci.py --scheduler tcp://host:8786   # an existing Dask cluster
 
 Distribution: :func:`run_unit` is a pure, picklable function of plain arguments, and
-:func:`run_units` maps it over the pending units with any executor that yields results as they
-complete (here: in-process, or a local process pool with ``--jobs``) and appends each result as
-it arrives; a dask ``Client.submit`` / ``as_completed`` pair fits the same loop.
+:func:`run_units` maps it over the pending units (in-process, on a local process pool with
+``--jobs``, or on a Dask cluster with ``--dask-workers`` / ``--scheduler``) and appends each
+result to the results file in this process as it arrives, so every way of running resumes from
+the same file. On a Dask cluster the data root must be readable by the workers at the same
+path (a shared file system), and the workers need bayesresnet installed; this script's own
+functions travel to them by value.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import datetime
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -362,6 +369,55 @@ def _serial(config: dict[str, Any], units: Sequence[Unit], data_root: str
             yield unit, err
 
 
+def _run_unit_in_worker(threads: int, config: dict[str, Any], dataset: str, method: str,
+                        split: int, data_root: str) -> dict[str, Any]:
+    """:func:`run_unit` after the per-process setup, for workers without an initializer."""
+    _init_worker(threads)
+    return run_unit(config, dataset, method, split, data_root)
+
+
+def _on_executor(executor: concurrent.futures.Executor, config: dict[str, Any],
+                 units: Sequence[Unit], data_root: str, threads: int
+                 ) -> Iterator[tuple[Unit, dict[str, Any] | BaseException]]:
+    futures = {executor.submit(_run_unit_in_worker, threads, config, *unit, data_root): unit
+               for unit in units}
+    for future in concurrent.futures.as_completed(futures):
+        error = future.exception()
+        yield futures[future], (future.result() if error is None else error)
+
+
+@contextlib.contextmanager
+def dask_executor(workers: int | None = None, scheduler: str | None = None,
+                  log: Callable[[str], None] | None = None
+                  ) -> Iterator[concurrent.futures.Executor]:
+    """A Dask executor: a new ``LocalCluster`` of ``workers`` single-threaded processes, or the
+    cluster whose scheduler is at ``scheduler``; closed (the local cluster shut down) on exit.
+    """
+    from distributed import Client, LocalCluster
+
+    if (workers is None) == (scheduler is None):
+        raise ValueError("pass exactly one of workers and scheduler")
+    # Run as a script, this file's functions travel to the workers by value (cloudpickle does
+    # that for __main__); imported as a module, by reference, so the workers must import it
+    # under the same name: a LocalCluster's worker processes inherit sys.path.
+    stem = Path(__file__).stem
+    if __name__ not in ("__main__", stem):
+        raise RuntimeError(f"to run on Dask, run this file as a script or import it as module "
+                           f"{stem!r} (with its folder on sys.path), not as {__name__!r}: the "
+                           "workers must be able to find its functions")
+    log = log or (lambda message: print(message, file=sys.stderr))
+    with contextlib.ExitStack() as stack:
+        if scheduler is not None:
+            client = stack.enter_context(Client(scheduler))
+        else:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"))
+            client = stack.enter_context(Client(cluster))
+        log(f"dask: {len(client.scheduler_info()['workers'])} workers at "
+            f"{client.scheduler.address}; dashboard {client.dashboard_link}")
+        yield client.get_executor(pure=False)
+
+
 def _pool(config: dict[str, Any], units: Sequence[Unit], data_root: str, jobs: int,
           threads: int) -> Iterator[tuple[Unit, dict[str, Any] | BaseException]]:
     import multiprocessing
@@ -378,15 +434,20 @@ def _pool(config: dict[str, Any], units: Sequence[Unit], data_root: str, jobs: i
 
 def run_units(config: dict[str, Any], units: Sequence[Unit], data_root: str | os.PathLike[str],
               results: Path, *, jobs: int = 1, threads: int = 1, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> list[tuple[Unit, str]]:
+              log: Callable[[str], None] | None = None,
+              executor: concurrent.futures.Executor | None = None) -> list[tuple[Unit, str]]:
     """Run the units and append each result to ``results`` as soon as it completes.
 
     Parameters
     ----------
     jobs : int
-        1: run in this process; more: a pool of that many worker processes.
+        1: run in this process; more: a pool of that many worker processes. Ignored when
+        ``executor`` is given.
     threads : int
         Torch threads per worker.
+    executor : concurrent.futures.Executor, optional
+        Run the units there instead (e.g. :func:`dask_executor`); results are still appended
+        here.
 
     Returns
     -------
@@ -397,7 +458,9 @@ def run_units(config: dict[str, Any], units: Sequence[Unit], data_root: str | os
 
     log = log or (lambda message: print(message, file=sys.stderr))
     data_root = str(data_root)
-    if jobs == 1:
+    if executor is not None:
+        stream = _on_executor(executor, config, units, data_root, threads)
+    elif jobs == 1:
         _init_worker(threads)
         stream = _serial(config, units, data_root)
     else:
@@ -662,6 +725,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes (1: run in this process)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--dask-workers", type=int, default=None, metavar="N",
+                        help="run the units on a new Dask LocalCluster of N worker processes "
+                             "(needs dask.distributed: pip install 'bayesresnet[dist]')")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run the units on the existing Dask cluster at ADDRESS, e.g. "
+                             "tcp://host:8786 (workers must see --data-root at the same path)")
     parser.add_argument("--nuts-backend", choices=("auto", "vectorized", "pyro"), default="auto",
                         help="NUTS backend of the configuration (auto: vectorized where the "
                              "library has it); results of the other backend are kept apart")
@@ -693,6 +762,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be positive integers")
+    dask = args.dask_workers is not None or args.scheduler is not None
+    if args.dask_workers is not None and args.scheduler is not None:
+        parser.error("pass either --dask-workers or --scheduler, not both")
+    if args.dask_workers is not None and args.dask_workers < 1:
+        parser.error("--dask-workers must be a positive integer")
+    if dask and args.jobs > 1:
+        parser.error("--jobs runs a local process pool; it does not combine with "
+                     "--dask-workers or --scheduler")
+    if dask and not args.report_only and importlib.util.find_spec("distributed") is None:
+        parser.error("--dask-workers and --scheduler need dask.distributed "
+                     "(pip install 'bayesresnet[dist]')")
     try:
         splits = parse_splits(args.splits if args.splits is not None else
                               ("0-2" if args.quick else "0-19"))
@@ -723,8 +803,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         pending = [u for u in units if u not in done]
         print(f"{len(units)} units, {len(units) - len(pending)} already in {results}, "
               f"{len(pending)} to run", file=sys.stderr)
-        failures = run_units(config, pending, root, results, jobs=args.jobs,
-                             threads=args.threads, progress=not args.no_progress)
+        with contextlib.ExitStack() as stack:
+            executor = None
+            if dask and pending:
+                executor = stack.enter_context(dask_executor(args.dask_workers, args.scheduler))
+            failures = run_units(config, pending, root, results, jobs=args.jobs,
+                                 threads=args.threads, progress=not args.no_progress,
+                                 executor=executor)
     records = load_results(results)
     datasets = args.datasets
     command = "python benchmarks/uci.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -2,9 +2,10 @@
 
 from .base import InferenceMethod, MethodResult
 from .ensemble import MAP, Ensemble
+from .executor import UnitFailedError
 from .fit import METHODS, fit
 from .nuts import NUTS
 from .vi import LowRank, MeanField
 
 __all__ = ["MAP", "METHODS", "NUTS", "Ensemble", "InferenceMethod", "LowRank", "MeanField",
-           "MethodResult", "fit"]
+           "MethodResult", "UnitFailedError", "fit"]

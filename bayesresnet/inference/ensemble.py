@@ -2,9 +2,15 @@
 
 Every member is a MAP fit of the model from its own random initialization. All members are
 trained together as one batched tensor program: their flat unconstrained parameters are stacked
-in a (members, dim) tensor and :func:`~bayesresnet.inference.optim.adam_maximize` ascends the sum
+in a (members, dim) tensor and ``bayesresnet.inference.optim.adam_maximize`` ascends the sum
 of their objectives. Adam is elementwise and member c's objective depends only on row c, so this
 is exactly ``members`` independent Adam runs at the Python cost of one.
+
+A run is planned as groups of members (``members_per_unit``), each a unit of work that runs here
+or on an executor (:mod:`bayesresnet.inference.executor`) with the same result: the starting
+points and anchors of all members are drawn from the fit's seed first, then each group trains
+on its own; group 0 continues the seed's stream for its minibatches (exactly the stream of an
+undivided run) and group k > 0 uses a stream derived from (seed, k).
 
 The optimization runs in the unconstrained space z without the log-Jacobian term, so its optimum
 is the mode of the posterior density of the constrained values (the usual MAP), reached through
@@ -16,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +40,7 @@ from .base import (
     make_progress,
     seeded_generator,
 )
+from .executor import Plan, WorkUnit, derived_seed, run_plan, span, split_range
 from .optim import adam_maximize, map_objective
 
 __all__ = ["MAP", "Ensemble", "anchor_draws", "default_batch_size", "initial_points",
@@ -41,6 +49,9 @@ __all__ = ["MAP", "Ensemble", "anchor_draws", "default_batch_size", "initial_poi
 # Full-batch gradients up to this many training points; above it, minibatches of _BATCH_SIZE.
 _FULL_BATCH_MAX = 1024
 _BATCH_SIZE = 256
+
+# Stream of the minibatch generators of member groups k > 0, derived from (seed, stream, k).
+_STREAM_GROUP = 1
 
 
 def default_batch_size(num_data: int) -> int | None:
@@ -170,9 +181,10 @@ def train_members(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor, *, st
     return z, history, final
 
 
-def _run(model: BayesianResNet, x: Tensor, y: Tensor, seed: int, progress: bool, *,
-         members: int, steps: int, lr: float, anchored: bool, batch_size: int | None,
-         stiffness_penalty: float, desc: str) -> MethodResult:
+def _plan(model: BayesianResNet, x: Tensor, y: Tensor, seed: int, *, members: int,
+          members_per_unit: int | None, steps: int, lr: float, anchored: bool,
+          batch_size: int | None, stiffness_penalty: float, title: str) -> Plan:
+    """The member groups of a run as units of work, and their merge."""
     generator = seeded_generator(seed)
     z0 = initial_points(model, generator, members)
     # Drawn whether or not it is used, so anchored and plain ensembles with the same seed share
@@ -180,9 +192,41 @@ def _run(model: BayesianResNet, x: Tensor, y: Tensor, seed: int, progress: bool,
     anchor_seed = int(torch.randint(0, 2**62, (), generator=generator))
     anchor = anchor_draws(model, anchor_seed, members) if anchored else None
     effective_batch = default_batch_size(x.shape[0]) if batch_size is None else batch_size
+    groups = split_range(members, members if members_per_unit is None else members_per_unit)
+    units = []
+    for k, group in enumerate(groups):
+        stream = generator if k == 0 else \
+            seeded_generator(derived_seed(seed, _STREAM_GROUP, k))
+        part = slice(group.start, group.stop)
+        settings = {"steps": steps, "lr": lr, "batch_size": effective_batch,
+                    "stiffness_penalty": stiffness_penalty,
+                    "desc": f"{title.lower()} {span(group, 'member')}"}
+        units.append(WorkUnit(
+            f"{title} member group {k} of {len(groups)} ({span(group, 'member')})",
+            _train_member_group,
+            (model, x, y, z0[part], None if anchor is None else
+             {name: value[part] for name, value in anchor.items()},
+             stream.get_state(), settings)))
+    used = x.shape[0] if effective_batch is None else min(effective_batch, x.shape[0])
+    hint = ""
+    if len(groups) == 1 and members > 1:
+        hint = (f"{title}: all {members} members form one unit of work, so an executor trains "
+                f"them on one worker; set {title}(members_per_unit=...) to spread them")
+    return Plan(tuple(units), partial(_combine_member_groups, batch_size=used),
+                desc=f"{title} ({len(groups)} member groups)", hint=hint)
+
+
+def _train_member_group(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor,
+                        anchor: dict[str, Tensor] | None, generator_state: Tensor,
+                        settings: dict[str, Any], *, progress: bool) -> MethodResult:
+    """One unit of work: train the members starting at ``z0`` (C, dim)."""
+    generator = torch.Generator()
+    generator.set_state(generator_state)
     z, history, final = train_members(
-        model, x, y, z0, steps=steps, lr=lr, batch_size=effective_batch, anchor=anchor,
-        stiffness_penalty=stiffness_penalty, generator=generator, progress=progress, desc=desc)
+        model, x, y, z0, steps=settings["steps"], lr=settings["lr"],
+        batch_size=settings["batch_size"], anchor=anchor,
+        stiffness_penalty=settings["stiffness_penalty"], generator=generator, progress=progress,
+        desc=settings["desc"])
     with torch.no_grad():
         values, _ = model.constrain(z)
         log_joint = model.log_joint(values, x, y)
@@ -192,8 +236,20 @@ def _run(model: BayesianResNet, x: Tensor, y: Tensor, seed: int, progress: bool,
         "loss": (-history).numpy(),
         "log_joint": log_joint.unsqueeze(0).numpy(),
     }
-    used = x.shape[0] if effective_batch is None else min(effective_batch, x.shape[0])
-    return MethodResult(draws, stats, extra={"batch_size": int(used)})
+    return MethodResult(draws, stats)
+
+
+# Axis of the members in each statistic.
+_MEMBER_AXIS = {"final_loss": 0, "loss": 1, "log_joint": 1}
+
+
+def _combine_member_groups(results: list[MethodResult], *, batch_size: int) -> MethodResult:
+    """One result with every group's members, in group order."""
+    first = results[0]
+    draws = {name: torch.cat([r.draws[name] for r in results], dim=1) for name in first.draws}
+    stats = {name: np.concatenate([r.stats[name] for r in results], axis=_MEMBER_AXIS[name])
+             for name in first.stats}
+    return MethodResult(draws, stats, extra={"batch_size": int(batch_size)})
 
 
 @dataclass
@@ -218,6 +274,13 @@ class Ensemble(InferenceMethod):
     stiffness_penalty : float
         Weight of a penalty on the Jacobian of the ResNet's vector field
         (``bayesresnet.ode.jacobian_penalty``); 0 disables it. Requires a ResNet.
+    members_per_unit : int, optional
+        Members per unit of work: consecutive groups of this size (the last may be smaller),
+        each trained on its own and runnable on its own worker (see :func:`bayesresnet.fit`).
+        Default: all members in one unit. Changing it changes the minibatches (and so the
+        result) of every group but the first when ``batch_size`` is below the number of
+        training points; full-batch training gives the same members for any grouping up to
+        floating-point rounding.
 
     Notes
     -----
@@ -234,11 +297,14 @@ class Ensemble(InferenceMethod):
     anchored: bool = False
     batch_size: int | None = None
     stiffness_penalty: float = 0.0
+    members_per_unit: int | None = None
 
     name: ClassVar[str] = "ensemble"
 
     def __post_init__(self) -> None:
         check_positive_int("Ensemble", "members", self.members)
+        if self.members_per_unit is not None:
+            check_positive_int("Ensemble", "members_per_unit", self.members_per_unit)
         _check_common("Ensemble", self.steps, self.lr, self.batch_size, self.stiffness_penalty)
         if not isinstance(self.anchored, (bool, np.bool_)):
             raise ValueError(f"Ensemble: anchored must be True or False, got {self.anchored!r}")
@@ -248,10 +314,16 @@ class Ensemble(InferenceMethod):
 
     def run(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
             progress: bool) -> MethodResult:
+        return run_plan(self.plan(model, x, y, seed), progress=progress)
+
+    def plan(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int) -> Plan:
+        """The run as independent member groups (one unit of work each) and their merge;
+        running every unit and combining is exactly :meth:`run`."""
         self.validate(model)
-        return _run(model, x, y, seed, progress, members=self.members, steps=self.steps,
-                    lr=self.lr, anchored=bool(self.anchored), batch_size=self.batch_size,
-                    stiffness_penalty=float(self.stiffness_penalty), desc="ensemble")
+        return _plan(model, x, y, seed, members=self.members,
+                     members_per_unit=self.members_per_unit, steps=self.steps, lr=self.lr,
+                     anchored=bool(self.anchored), batch_size=self.batch_size,
+                     stiffness_penalty=float(self.stiffness_penalty), title="Ensemble")
 
 
 @dataclass
@@ -277,7 +349,11 @@ class MAP(InferenceMethod):
 
     def run(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
             progress: bool) -> MethodResult:
+        return run_plan(self.plan(model, x, y, seed), progress=progress)
+
+    def plan(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int) -> Plan:
+        """The run as a single unit of work (see :meth:`Ensemble.plan`)."""
         self.validate(model)
-        return _run(model, x, y, seed, progress, members=1, steps=self.steps, lr=self.lr,
-                    anchored=False, batch_size=self.batch_size,
-                    stiffness_penalty=float(self.stiffness_penalty), desc="map")
+        return _plan(model, x, y, seed, members=1, members_per_unit=None, steps=self.steps,
+                     lr=self.lr, anchored=False, batch_size=self.batch_size,
+                     stiffness_penalty=float(self.stiffness_penalty), title="MAP")

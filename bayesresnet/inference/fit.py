@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from ..model import BayesianResNet
 from ..posterior import Posterior, as_float_tensor, check_inputs
 from .base import InferenceMethod
 from .ensemble import MAP, Ensemble
+from .executor import plan_method, run_plan
 from .nuts import NUTS
 from .vi import LowRank, MeanField
 
@@ -25,6 +28,7 @@ METHODS: dict[str, type[InferenceMethod]] = {
     "ensemble": Ensemble,
     "map": MAP,
 }
+"""Inference method classes by the names that :func:`fit` accepts as ``method=``."""
 
 
 def resolve_method(method: InferenceMethod | str) -> InferenceMethod:
@@ -53,7 +57,8 @@ def _check_targets(y: Any, n: int, out_dim: int) -> Any:
 
 def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "nuts", *,
         seed: int | None = None, standardize: bool = True, progress: bool = True,
-        check: bool = True) -> Posterior:
+        check: bool = True, executor: concurrent.futures.Executor | None = None,
+        retries: int = 1) -> Posterior:
     """Approximate the posterior of ``model`` given data.
 
     Parameters
@@ -75,17 +80,41 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
     progress : bool
         Show progress bars.
     check : bool
-        Run :meth:`Posterior.diagnose` after the fit and issue a
+        Run :meth:`~bayesresnet.Posterior.diagnose` after the fit and issue a
         :class:`bayesresnet.ConvergenceWarning` when a check fails.
+    executor : concurrent.futures.Executor, optional
+        Where the fit's independent units of work run: NUTS chain groups
+        (``NUTS(chains_per_unit=...)``), ensemble member groups
+        (``Ensemble(members_per_unit=...)``), or the whole fit as one unit for the other methods.
+        Any executor works: a ``ProcessPoolExecutor``, a ``ThreadPoolExecutor``, or a Dask
+        cluster through ``dask.distributed.Client(...).get_executor()``. None runs the same
+        units here, one after another; the draws are the same either way (see
+        :mod:`bayesresnet.inference.executor`).
+    retries : int
+        With an executor: further attempts of a unit that raised (Dask's own retries for a Dask
+        executor). A unit failing every attempt raises
+        :class:`~bayesresnet.inference.executor.UnitFailedError` naming it; no Posterior is
+        built from part of the units.
 
     Returns
     -------
     Posterior
+
+    Raises
+    ------
+    UnitFailedError
+        With an executor, when a unit failed ``1 + retries`` times.
     """
     if not isinstance(model, BayesianResNet):
         raise ValueError(f"model must be a BayesianResNet, got {type(model).__name__}")
     method = resolve_method(method)
     method.validate(model)
+    if executor is not None and not isinstance(executor, concurrent.futures.Executor):
+        raise ValueError("executor must be a concurrent.futures.Executor (e.g. a "
+                         "ProcessPoolExecutor or dask.distributed.Client(...).get_executor()), "
+                         f"got {type(executor).__name__}")
+    if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     x_t = check_inputs(x, model.in_dim)
     y_t = _check_targets(y, x_t.shape[0], model.out_dim)
     if seed is None:
@@ -103,7 +132,13 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
     # and the user's store is left as it was.
     with pyro.get_param_store().scope():
         start = time.perf_counter()
-        result = method.run(model, x_std, y_std, int(seed), progress)
+        if executor is None:
+            result = method.run(model, x_std, y_std, int(seed), progress)
+        else:
+            plan = plan_method(method, model, x_std, y_std, int(seed))
+            if len(plan.units) == 1 and plan.hint:
+                warnings.warn(plan.hint, UserWarning, stacklevel=2)
+            result = run_plan(plan, executor, retries=int(retries), progress=progress)
         seconds = time.perf_counter() - start
     posterior = Posterior(model, result.draws, result.stats, method, x_scaler, y_scaler,
                           int(seed), seconds, x_t.numpy(), y_t.numpy(), extra=result.extra)

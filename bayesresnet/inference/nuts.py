@@ -6,11 +6,15 @@ and per-draw statistics (C, S). What surrounds the backend is shared: the choice
 points (a short batched MAP optimization or prior draws), turning flat draws into constrained
 site draws, and evaluating the log joint of every draw.
 
+A run is planned as independent groups of chains (:meth:`NUTS.plan`, ``chains_per_unit``),
+each a unit of work that runs here or on an executor (:mod:`bayesresnet.inference.executor`)
+with the same result.
+
 Backends
 --------
 ``"vectorized"`` (default)
-    Our No-U-Turn sampler (:mod:`bayesresnet.inference.nuts_kernel`,
-    :mod:`bayesresnet.inference.adaptation`) with all C chains advancing in lock-step: every
+    Our No-U-Turn sampler (``bayesresnet.inference.nuts_kernel``,
+    ``bayesresnet.inference.adaptation``) with all C chains advancing in lock-step: every
     leapfrog step is one batched gradient of the log density over a (C, D) tensor, chains whose
     trees have finished are masked, and each chain adapts its own step size and mass matrix.
 ``"pyro"``
@@ -52,6 +56,7 @@ Per-draw statistics (arrays of shape (chain, draw), post-warmup only)
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -63,6 +68,15 @@ from torch import Tensor
 from ..model import BayesianResNet
 from . import adaptation
 from .base import InferenceMethod, MethodResult, check_positive_int, make_progress, seeded_generator
+from .executor import (
+    Plan,
+    WorkUnit,
+    derived_seed,
+    global_state_lock,
+    run_plan,
+    span,
+    split_range,
+)
 from .optim import adam_maximize, map_objective
 
 __all__ = ["BACKENDS", "INITS", "NUTS", "SamplerOutput", "initial_positions", "sample_pyro"]
@@ -81,12 +95,8 @@ _INIT_LR = 0.05
 _CHUNK_BYTES = 1 << 28
 
 # Distinct streams derived from the fit's seed.
-_STREAM_INIT, _STREAM_CHAIN = 1, 2
-
-
-def _derived_seed(seed: int, *keys: int) -> int:
-    """A 32-bit seed that depends only on ``seed`` and ``keys`` (independent streams)."""
-    return int(np.random.SeedSequence([int(seed), *keys]).generate_state(1)[0])
+_STREAM_INIT, _STREAM_CHAIN, _STREAM_UNIT = 1, 2, 3
+_derived_seed = derived_seed
 
 
 class SamplerOutput(NamedTuple):
@@ -138,6 +148,22 @@ class NUTS(InferenceMethod):
         Adapt a dense mass matrix instead of a diagonal one.
     init_steps : int
         Adam steps of the MAP initialization.
+    chains_per_unit : int, optional
+        Chains per unit of work: the chains are split into consecutive groups of this size
+        (the last may be smaller), each an independent unit that an executor can run on its own
+        worker (see :func:`bayesresnet.fit`). Default: all chains in one unit for the
+        ``'vectorized'`` backend (they run in lock-step), one chain per unit for ``'pyro'``.
+
+    Notes
+    -----
+    Units and seeds: the prior draws the chains start from are drawn for all chains at once from
+    the fit's seed; each group then runs its own MAP initialization (batched over its chains)
+    and its own sampler. With the vectorized backend, group 0 draws from the stream of the fit's
+    seed and group k > 0 from a stream derived from (seed, k); with the Pyro backend chain c
+    always uses a stream derived from (seed, c). The units depend only on these settings and the
+    seed, not on where they run, so a fit with an executor gives the same draws as without one.
+    Changing ``chains_per_unit`` changes the draws of the vectorized backend (except each
+    chain's prior starting draw).
     """
 
     name: ClassVar[str] = "nuts"
@@ -151,12 +177,15 @@ class NUTS(InferenceMethod):
     backend: str = "vectorized"
     dense_mass: bool = False
     init_steps: int = 500
+    chains_per_unit: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int("NUTS", "num_samples", self.num_samples)
         check_positive_int("NUTS", "chains", self.chains)
         check_positive_int("NUTS", "max_tree_depth", self.max_tree_depth)
         check_positive_int("NUTS", "init_steps", self.init_steps)
+        if self.chains_per_unit is not None:
+            check_positive_int("NUTS", "chains_per_unit", self.chains_per_unit)
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
                 or self.warmup < 0:
             raise ValueError(f"NUTS: warmup must be a non-negative integer, got {self.warmup!r}")
@@ -187,17 +216,37 @@ class NUTS(InferenceMethod):
             ``inverse_mass`` (chains, dim) or (chains, dim, dim), the adapted inverse mass
             matrices; ``warmup_divergences`` (chains,), divergent warmup transitions.
         """
-        z0 = initial_positions(model, x, y, self.chains, seed, self.init, self.init_steps)
+        return run_plan(self.plan(model, x, y, seed), progress=progress)
 
-        def log_density(z: Tensor) -> Tensor:
-            return model.log_density(z, x, y)
+    def chain_groups(self) -> list[range]:
+        """The chains of each unit of work, in unit order (see ``chains_per_unit``)."""
+        per_unit = self.chains_per_unit
+        if per_unit is None:
+            per_unit = self.chains if self.backend == "vectorized" else 1
+        return split_range(self.chains, per_unit)
 
-        out = _SAMPLERS[self.backend](self, log_density, z0, seed, progress)
-        draws, log_joint = _constrained_draws(model, x, y, out.samples)
-        stats = {**out.stats, "log_joint": log_joint}
-        extra = {"initial_position": z0, "inverse_mass": out.inverse_mass,
-                 "warmup_divergences": out.warmup_divergences}
-        return MethodResult(draws=draws, stats=stats, extra=extra)
+    def plan(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int) -> Plan:
+        """The run as independent chain groups (one
+        :class:`~bayesresnet.inference.executor.WorkUnit` each) and their merge.
+
+        Running every unit and combining the results is exactly :meth:`run`; see
+        :func:`bayesresnet.inference.executor.run_plan`.
+        """
+        self.validate(model)
+        groups = self.chain_groups()
+        prior = model.sample_prior(_derived_seed(seed, _STREAM_INIT), (self.chains,))
+        z_prior = model.unconstrain(prior).detach()
+        units = tuple(
+            WorkUnit(f"NUTS chain group {k} of {len(groups)} ({span(chains, 'chain')})",
+                     _sample_chain_group,
+                     (self, model, x, y, int(seed), k, chains, z_prior[chains.start:chains.stop]))
+            for k, chains in enumerate(groups))
+        hint = ""
+        if len(groups) == 1 and self.chains > 1:
+            hint = (f"NUTS: all {self.chains} chains form one unit of work, so an executor runs "
+                    "them on one worker; set NUTS(chains_per_unit=...) to spread them")
+        return Plan(units, _combine_chain_groups, desc=f"NUTS ({len(groups)} chain groups)",
+                    hint=hint)
 
 
 # ---------------------------------------------------------------------------------- shared parts
@@ -216,7 +265,14 @@ def initial_positions(model: BayesianResNet, x: Tensor, y: Tensor, chains: int, 
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
     prior = model.sample_prior(_derived_seed(seed, _STREAM_INIT), (chains,))
-    z0 = model.unconstrain(prior).detach()
+    return _start_positions(model, x, y, model.unconstrain(prior).detach(), init, init_steps)
+
+
+def _start_positions(model: BayesianResNet, x: Tensor, y: Tensor, z_prior: Tensor, init: str,
+                     init_steps: int, first_chain: int = 0) -> Tensor:
+    """Starting points (C, dim) of chains first_chain, first_chain + 1, ... from their flat
+    prior draws ``z_prior`` (C, dim): unchanged, or after a MAP optimization batched over C."""
+    z0 = z_prior
     if init == "map":
         objective = map_objective(model, x, y, jacobian=True)
         z0, _ = adam_maximize(objective, z0, init_steps, _INIT_LR)
@@ -224,9 +280,50 @@ def initial_positions(model: BayesianResNet, x: Tensor, y: Tensor, chains: int, 
         start = model.log_density(z0, x, y)
     bad = (~torch.isfinite(start)).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"NUTS: the starting point of chain(s) {bad} has a non-finite log "
+        chains = [first_chain + b for b in bad]
+        raise ValueError(f"NUTS: the starting point of chain(s) {chains} has a non-finite log "
                          f"density ({start[bad].tolist()}) after init={init!r}")
     return z0
+
+
+def _sample_chain_group(method: NUTS, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
+                        unit: int, chains: range, z_prior: Tensor, *,
+                        progress: bool) -> MethodResult:
+    """One unit of work: start, sample and constrain the chains ``chains`` (unit ``unit``)."""
+    # Pyro's MCMC seeds and draws from the global torch RNG: one such unit at a time.
+    guard = global_state_lock() if method.backend == "pyro" else nullcontext()
+    with guard:
+        z0 = _start_positions(model, x, y, z_prior, method.init, method.init_steps,
+                              chains.start)
+
+        def log_density(z: Tensor) -> Tensor:
+            return model.log_density(z, x, y)
+
+        out = _SAMPLERS[method.backend](method, log_density, z0, seed, unit, chains.start,
+                                        progress)
+    draws, log_joint = _constrained_draws(model, x, y, out.samples)
+    stats = {**out.stats, "log_joint": log_joint}
+    extra = {"initial_position": z0, "inverse_mass": out.inverse_mass,
+             "warmup_divergences": out.warmup_divergences}
+    return MethodResult(draws=draws, stats=stats, extra=extra)
+
+
+def _concat_chains(parts: list[Any]) -> Any:
+    """Tensors or arrays of several chain groups joined along the chain axis (0)."""
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)
+    return np.concatenate(parts)
+
+
+def _combine_chain_groups(results: list[MethodResult]) -> MethodResult:
+    """One result with every group's chains, in group order."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    return MethodResult(
+        draws={name: _concat_chains([r.draws[name] for r in results]) for name in first.draws},
+        stats={name: _concat_chains([r.stats[name] for r in results]) for name in first.stats},
+        extra={name: _concat_chains([r.extra[name] for r in results]) for name in first.extra})
 
 
 def _constrained_draws(model: BayesianResNet, x: Tensor, y: Tensor,
@@ -337,8 +434,8 @@ _STAT_DTYPES = {"diverging": bool, "tree_depth": np.int64, "num_steps": np.int64
 
 def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: int,
                 num_samples: int, seed: int, *, target_accept: float = 0.8,
-                max_tree_depth: int = 10, dense_mass: bool = False, progress: bool = False
-                ) -> SamplerOutput:
+                max_tree_depth: int = 10, dense_mass: bool = False, progress: bool = False,
+                first_chain: int = 0) -> SamplerOutput:
     """Run Pyro's NUTS on a flat log density, one chain after another.
 
     Parameters
@@ -355,6 +452,9 @@ def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: in
         As in :class:`NUTS`.
     progress : bool
         Show Pyro's progress bar.
+    first_chain : int
+        Index of the first of the C chains in the whole run: row i of ``init_position`` is
+        chain ``first_chain + i`` (and uses that chain's seed).
 
     Returns
     -------
@@ -368,7 +468,7 @@ def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: in
         return -logdensity_fn(params["z"])
 
     chain_samples, chain_records, chain_inverse_mass = [], [], []
-    for chain, z0 in enumerate(init_position.detach()):
+    for chain, z0 in enumerate(init_position.detach(), start=int(first_chain)):
         kernel = _RecordingNUTS(
             potential_fn=potential_fn, adapt_step_size=True, adapt_mass_matrix=True,
             full_mass=dense_mass, target_accept_prob=float(target_accept),
@@ -393,20 +493,24 @@ def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: in
                          warmup_divergences)
 
 
-def _run_pyro(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int,
-              progress: bool) -> SamplerOutput:
+def _run_pyro(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int, unit: int,
+              first_chain: int, progress: bool) -> SamplerOutput:
     return sample_pyro(logdensity_fn, z0, method.warmup, method.num_samples, seed,
                        target_accept=method.target_accept, max_tree_depth=method.max_tree_depth,
-                       dense_mass=method.dense_mass, progress=progress)
+                       dense_mass=method.dense_mass, progress=progress, first_chain=first_chain)
 
 
 # ---------------------------------------------------------------------------------- vectorized
-def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int,
-                    progress: bool) -> SamplerOutput:
-    """All chains in lock-step: one batched gradient over (C, D) per leapfrog step."""
-    generator = seeded_generator(_derived_seed(seed, _STREAM_CHAIN))
+def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int, unit: int,
+                    first_chain: int, progress: bool) -> SamplerOutput:
+    """All chains of a unit in lock-step: one batched gradient over (C, D) per leapfrog step."""
+    # Unit 0 keeps the stream an undivided run has always used.
+    stream = _derived_seed(seed, _STREAM_CHAIN) if unit == 0 else \
+        _derived_seed(seed, _STREAM_UNIT, unit)
+    generator = seeded_generator(stream)
     total = method.warmup + method.num_samples
-    with make_progress(progress, total, f"NUTS x{z0.shape[0]} chains") as bar:
+    chains = range(first_chain, first_chain + z0.shape[0])
+    with make_progress(progress, total, f"NUTS {span(chains, 'chain')}") as bar:
 
         def callback(i: int, info: Any) -> None:
             bar.update(1)
@@ -425,8 +529,9 @@ def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: i
     return SamplerOutput(samples.detach(), arrays, inverse_mass.detach(), warmup_divergences)
 
 
-# Backend name -> runner(method, logdensity_fn, z0 (C, D), seed, progress) -> SamplerOutput.
-_SAMPLERS: dict[str, Callable[[NUTS, LogDensity, Tensor, int, bool], SamplerOutput]] = {
+# Backend name -> runner(method, logdensity_fn, z0 (C, D), seed, unit, first_chain, progress).
+_SAMPLERS: dict[str, Callable[[NUTS, LogDensity, Tensor, int, int, int, bool],
+                              SamplerOutput]] = {
     "pyro": _run_pyro,
     "vectorized": _run_vectorized,
 }
