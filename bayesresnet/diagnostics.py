@@ -80,7 +80,7 @@ MAX_FUNCTION_POINTS = 256
 
 
 class ConvergenceWarning(UserWarning):
-    """An inference run failed one of its convergence checks (see :func:`diagnose`)."""
+    """An inference run failed a convergence check of :func:`~bayesresnet.diagnostics.diagnose`."""
 
 
 @dataclass
@@ -100,7 +100,7 @@ class _Check:
 
 @dataclass
 class Diagnostics:
-    """The outcome of :func:`diagnose`.
+    """The outcome of :func:`~bayesresnet.diagnostics.diagnose`.
 
     Attributes
     ----------

@@ -130,7 +130,7 @@ def _net_site_dims(net: Any, out_dim: int) -> tuple[dict[str, tuple[str, ...]], 
 def site_dims(model: BayesianResNet) -> tuple[dict[str, tuple[str, ...]], dict[str, Any]]:
     """Named dimensions of every latent site of ``model`` (without chain and draw).
 
-    Network sites get the dims of :func:`_net_site_dims`; the hierarchical prior's ``<site>_raw``
+    Network sites get the dims of ``_net_site_dims``; the hierarchical prior's ``<site>_raw``
     shares the dims of ``<site>`` and ``<site>_scale`` is a scalar; ``noise`` is ``("output",)``.
     A site of unknown name gets ``<site>_dim_<i>``.
 
@@ -580,7 +580,7 @@ def _open_group(path: str, group: str | None) -> Any:
 
 
 def load(path: str | os.PathLike) -> Posterior:
-    """Read a posterior written by :func:`save`.
+    """Read a posterior written by :func:`~bayesresnet.export.save`.
 
     Only arrays and JSON are read; nothing is unpickled or executed. The model is rebuilt with
     ``BayesianResNet.from_config`` and the method with ``inference.fit.METHODS[name](**settings)``;

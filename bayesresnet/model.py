@@ -57,7 +57,8 @@ class BayesianResNet(PyroModule):
         whose output layer is doubled (mean and log-scale per output); ``out_dim`` stays the
         number of observed outputs.
     prior : Prior
-        :class:`priors.Normal` (default scale 1) or :class:`priors.Hierarchical`.
+        :class:`~bayesresnet.priors.Normal` (default scale 1) or
+        :class:`~bayesresnet.priors.Hierarchical`.
     likelihood : likelihoods.Gaussian
         Observation model (default: one learned noise scale per output).
     """
@@ -93,7 +94,7 @@ class BayesianResNet(PyroModule):
     # ------------------------------------------------------------------ structure
     @property
     def latent_sites(self) -> OrderedDict[str, _priors.LatentSite]:
-        """Sampled sites in model order: name -> :class:`priors.LatentSite`."""
+        """Sampled sites in model order: name -> :class:`~bayesresnet.priors.LatentSite`."""
         return self._sites
 
     @property

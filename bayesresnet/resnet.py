@@ -27,6 +27,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": torch.nn.functional.silu,
     "identity": lambda z: z,
 }
+"""Activation functions by name (the ``activation=`` argument of the networks)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ INTEGRATORS: dict[str, Tableau] = {
         order=4,
     ),
 }
+"""Butcher tableaus of the residual step by name (the ``integrator=`` argument of
+:class:`ResNet`): explicit Euler (the ordinary ResNet), midpoint and classical Runge-Kutta 4."""
 
 
 def _check_positive_int(name: str, value: Any) -> None:

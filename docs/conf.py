@@ -7,6 +7,7 @@ Build (warnings are errors)::
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import sys
@@ -45,7 +46,10 @@ html_theme = "alabaster"
 html_static_path: list[str] = []
 html_theme_options = {"description": "Bayesian weight-parameterized ResNets on Pyro",
                       "fixed_sidebar": True}
-nitpicky = False
+# Every cross-reference must resolve: a broken link to our own API fails the build. The only
+# targets outside these pages are the base classes that show-inheritance names.
+nitpicky = True
+nitpick_ignore = [("py:class", "abc.ABC"), ("py:class", "pyro.nn.module.PyroModule")]
 
 
 # The docstrings write array shapes with a star for "any leading sample dimensions", as in
@@ -72,6 +76,36 @@ def _escape_docstring(app, what, name, obj, options, lines):
                              for k, part in enumerate(parts))
 
 
+def _resolve_top_level(app, env, node, contnode):
+    """Resolve ``bayesresnet.X`` (and ``bayesresnet.X.member``) to where X is documented.
+
+    The API page documents every object in its defining module (``bayesresnet.posterior.Posterior``)
+    while users and these pages write the top-level name (``bayesresnet.Posterior``).
+    """
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target.startswith("bayesresnet."):
+        return None
+    head, _, rest = target[len("bayesresnet."):].partition(".")
+    obj = getattr(bayesresnet, head, None)
+    if obj is None or inspect.ismodule(obj) or not hasattr(obj, "__qualname__"):
+        return None
+    canonical = f"{obj.__module__}.{obj.__qualname__}" + (f".{rest}" if rest else "")
+    if canonical == target:
+        return None
+    return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, node["reftype"],
+                                             canonical, node, contnode)
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Show a private base class (``_AutoGuideVI``) as the public bases it derives from."""
+    expanded = []
+    for base in bases:
+        expanded.extend(base.__bases__ if base.__name__.startswith("_") else [base])
+    bases[:] = list(dict.fromkeys(expanded))
+
+
 def setup(app):
     # Runs before numpydoc's handler of the same event (lower priority number first).
     app.connect("autodoc-process-docstring", _escape_docstring, priority=100)
+    app.connect("autodoc-process-bases", _public_bases)
+    app.connect("missing-reference", _resolve_top_level)

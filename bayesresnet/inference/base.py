@@ -2,7 +2,8 @@
 
 A method receives the model and the (standardized) training data and returns a
 :class:`MethodResult`: constrained draws of every latent site shaped (chain, draw, *site_shape)
-plus per-method statistics. :func:`bayesresnet.fit` wraps that into a :class:`Posterior`.
+plus per-method statistics. :func:`bayesresnet.fit` wraps that into a
+:class:`~bayesresnet.Posterior`.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Both methods fit a Gaussian q(z) over the unconstrained latent space of the model (Pyro's
 ``AutoNormal`` and ``AutoLowRankMultivariateNormal`` push it through the same ``biject_to``
 transforms the model uses) by maximizing the ELBO with ``Trace_ELBO`` and vectorized particles,
-then draw from q. One training routine, :func:`_fit_guide`, serves any Pyro model and autoguide
-class; the method classes call it with the :class:`BayesianResNet`.
+then draw from q. One training routine, ``_fit_guide``, serves any Pyro model and autoguide
+class; the method classes call it with the :class:`~bayesresnet.BayesianResNet`.
 
 Besides the draws, a run keeps what importance-sampling diagnostics (PSIS) need: ``log_q``, the
 log density of each draw under q, and ``log_joint``, log p(theta, y) of the same draw, both for
