@@ -7,8 +7,9 @@ identifiable quantities, the network mean f at 50 test inputs, is measured with 
 run's ``predictions`` group (``Posterior.to_arviz(x_new=...)``): rank-normalized split R-hat (max
 over inputs) and bulk effective sample size (min and median over inputs) per second of sampling.
 Raw weights are not compared: permutation and sign symmetries make them non-identifiable. Every
-basis gets the same budget (4 chains of 150 warmup and 150 kept iterations, trees of at most 63
-leapfrog steps; trimmed from 127 to keep the script within 5 minutes on 2 cores); ESS per second
+basis gets the same budget (4 chains of 100 warmup and 100 kept iterations, trees of at most 63
+leapfrog steps; measured 271 s of wall time on 2 idle cores, where 150 + 150 iterations took
+349 s); ESS per second
 then compares how much each parameterization's sampling yields for the compute it costs.
 
 Usage::
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     x, y = brn.data.cubic(20, seed=args.seed)
     x_test = np.linspace(-4.5, 4.5, 50)[:, None]
     nuts = (brn.NUTS(num_samples=30, warmup=30, chains=2, max_tree_depth=4, init_steps=50)
-            if args.fast else brn.NUTS(num_samples=150, warmup=150, chains=4, max_tree_depth=6))
+            if args.fast else brn.NUTS(num_samples=100, warmup=100, chains=4, max_tree_depth=6))
     width, depth = (6, 4) if args.fast else (8, 8)
     results = {}
     with one_thread():

@@ -14,11 +14,8 @@ Writes into ``DIR`` (default ``quickstart_output/``): ``quickstart.png`` (predic
 again as ``report/posterior.nc``). This posterior needs small NUTS step sizes and
 trajectories of hundreds of leapfrog steps. Aiming at 5 minutes on 2 CPU cores, the run (4
 chains of 150 warmup and 150 kept iterations, trees of at most 127 steps) is too short for its
-diagnostics to pass everywhere; read them. Timing (``OMP_NUM_THREADS=1``, load average 1.2-2.7
-on 2 cores): with 200 + 200 iterations the script took 312 s of wall time (NUTS 277 s, nearly
-every tree at the cap), so the run was trimmed to 150 + 150 (NUTS cost is proportional to the
-iterations: about 240 s in all expected, not re-timed). The original 300 + 300 iterations with
-trees of up to 255 steps would cost about 3 times as much as 200 + 200. ``--fast`` (or
+diagnostics to pass everywhere; read them. Measured: 254 s of wall time (``OMP_NUM_THREADS=1``,
+2 idle cores, another example on the second core); 200 + 200 iterations took 312 s. ``--fast`` (or
 ``BAYESRESNET_FAST=1``) uses a tiny NUTS run (its diagnostics fail, as they should).
 """
 

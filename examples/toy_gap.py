@@ -25,9 +25,8 @@ both also underfit, returning a nearly straight mean through both clusters with 
 everywhere.
 
 Writes ``DIR/toy_gap.png`` (default ``DIR``: ``toy_gap_figures/``). The four methods use the
-settings of ``_common.four_methods`` (trimmed after timing). Measured: 13 minutes of wall time,
-7.4 minutes of CPU time (NUTS 10 minutes of it) on 2 CPU cores shared with other busy processes
-(load average 4-6); it was not measured on idle cores, where it takes less. ``--fast`` (or
+settings of ``_common.four_methods``. Measured: 239 s of wall time (NUTS 132 s) on 2 idle
+cores, with ``toy_cubic.py`` running on the other core. ``--fast`` (or
 ``BAYESRESNET_FAST=1``) runs tiny settings in well under a minute.
 """
 
