@@ -8,9 +8,8 @@ Commands
     table and the four predictive bands side by side, see
     :func:`bayesresnet.report.compare_report`) plus one full report per method in
     ``DIR/<method>/`` (``index.html`` and ``posterior.nc``), and the table as ``DIR/summary.csv``.
-    Timing (``OMP_NUM_THREADS=1``, 2 cores shared with other busy processes, load average 3-3.5):
-    270 s of wall time and 242 s of CPU time, of which NUTS 128 s, each VI 28 s, the ensemble
-    15 s and the five reports about 65 s; on idle cores it takes less (not measured there). The
+    Timing (``OMP_NUM_THREADS=1``, 2 idle cores): 262 s of wall time and 236 s of CPU time, of
+    which NUTS 123 s, each VI 26-27 s, the ensemble 15 s and the five reports about 65 s. The
     earlier settings (NUTS 300 + 300 iterations with trees of up to 127 steps, VI 3000 steps)
     took 829 s for NUTS alone at load 4-5, hence :data:`DEMO_SETTINGS`.
 ``bayesresnet fit DATA --target COL [--target COL ...] [--inputs COL ...] --out DIR``
