@@ -108,6 +108,9 @@ class Prediction:
             np.zeros_like(self.mean)
         self.aleatoric_std = np.sqrt((self.noise_scale**2).mean(0))
         self.std = np.sqrt(self.epistemic_std**2 + self.aleatoric_std**2)
+        # Each interval is a bisection over the mixture; metrics and reports ask for the same
+        # level several times (coverage, width, calibration), so keep the results per level.
+        self._intervals: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def num_draws(self) -> int:
@@ -124,9 +127,12 @@ class Prediction:
         """
         if not (isinstance(level, (int, float)) and 0 < level < 1):
             raise ValueError(f"level must be in (0, 1), got {level!r}")
-        tail = (1.0 - level) / 2.0
-        return (_mixture_quantile(self._loc, self._scale, tail).numpy(),
-                _mixture_quantile(self._loc, self._scale, 1.0 - tail).numpy())
+        if level not in self._intervals:
+            tail = (1.0 - level) / 2.0
+            self._intervals[level] = (_mixture_quantile(self._loc, self._scale, tail).numpy(),
+                                      _mixture_quantile(self._loc, self._scale, 1.0 - tail).numpy())
+        lower, upper = self._intervals[level]
+        return lower.copy(), upper.copy()
 
     def quantile(self, q: float) -> np.ndarray:
         """Predictive quantile q in (0, 1), shape (N, out_dim)."""

@@ -83,3 +83,14 @@ def test_xarray_and_errors():
         pred.interval(1.5)
     with pytest.raises(ValueError, match="NaN"):
         metrics.coverage(pred, np.full((3, 2), np.nan))
+
+
+def test_repeated_intervals_are_equal_and_independent_of_caller_edits():
+    pred = _prediction([[[0.0]], [[1.0]], [[3.0]]], [[[1.0]], [[0.5]], [[2.0]]])
+    lo, hi = pred.interval(0.8)
+    expected = (lo.copy(), hi.copy())
+    lo[:] = 99.0  # a caller editing its arrays must not change later answers
+    again = pred.interval(0.8)
+    np.testing.assert_array_equal(again[0], expected[0])
+    np.testing.assert_array_equal(again[1], expected[1])
+    assert not np.array_equal(pred.interval(0.5)[0], expected[0])
