@@ -21,6 +21,7 @@ the density of z that MCMC targets.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -63,6 +64,10 @@ class BayesianResNet(PyroModule):
         Observation model (default: one learned noise scale per output).
     """
 
+    max_plate_nesting: int = 1
+    """Plates of the Pyro model: the data plate only (dim -1). Inference passes it to Pyro so
+    Pyro need not guess it from a trial run."""
+
     def __init__(self, net: Network, prior: _priors.Prior | None = None,
                  likelihood: _likelihoods.Gaussian | None = None) -> None:
         super().__init__(name="")
@@ -90,6 +95,7 @@ class BayesianResNet(PyroModule):
             self._offsets[site.name] = (start, start + site.numel)
             start += site.numel
         self.dim = start
+        self._normal_block = _NormalBlock.of(self._sites, self._offsets)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -138,7 +144,7 @@ class BayesianResNet(PyroModule):
             loc, scale = loc.squeeze(-3), scale.squeeze(-3)
         if y is not None:
             y = _as_2d_targets(y, self.out_dim).to(loc.dtype)
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0], dim=-self.max_plate_nesting):
             obs_dist = dist.Normal(loc, scale, validate_args=False).to_event(1)
             pyro.sample("obs", obs_dist, obs=y)
         return loc
@@ -232,9 +238,18 @@ class BayesianResNet(PyroModule):
         return torch.cat(parts, dim=-1)
 
     def log_density(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Log density of the flat unconstrained parameters z (*S, dim), shape (*S,)."""
+        """Log density of the flat unconstrained parameters z (*S, dim), shape (*S,).
+
+        Equals ``log_joint(constrain(z)) + log|J|``; the Normal-prior sites are scored in one
+        pass over their block of z (see :class:`_NormalBlock`) because samplers call this at
+        every step.
+        """
         values, log_det = self.constrain(z)
-        return self.log_joint(values, x, y) + log_det
+        block = self._normal_block
+        log_prior = block.log_prob(z)
+        for name in block.other_sites:
+            log_prior = log_prior + self._sites[name].prior.log_prob(values[name])
+        return log_prior + self.log_likelihood(values, x, y).sum(-1) + log_det
 
     # ------------------------------------------------------------------ draws
     def sample_prior(self, seed: int, sample_shape: tuple[int, ...] = ()) -> dict[str, Tensor]:
@@ -255,6 +270,62 @@ class BayesianResNet(PyroModule):
         if "noise" in self._sites:
             values["noise"] = torch.full(self._sites["noise"].shape, noise, dtype=torch.float64)
         return values
+
+
+class _NormalBlock:
+    """The sites with a Normal prior on the real line, scored together on the flat vector.
+
+    Their unconstrained coordinates equal their values, so their joint prior log density is
+    ``-0.5 * sum(((z_i - loc_i) / scale_i) ** 2) - sum(log scale_i) - n/2 log(2 pi)`` over their
+    coordinates i: a few tensor ops instead of several per site, which matters at every sampler
+    step. ``other_sites`` are scored by their own distributions.
+    """
+
+    def __init__(self, index: Tensor, loc: Tensor, inv_scale: Tensor, log_norm: float,
+                 other_sites: list[str]) -> None:
+        self.other_sites = other_sites
+        self._log_norm = log_norm
+        n = index.numel()
+        contiguous = n > 0 and bool((index == torch.arange(n) + index[0]).all())
+        self._slice = (int(index[0]), int(index[0]) + n) if contiguous else None
+        self._index = index
+        self._loc = loc if bool((loc != 0).any()) else None
+        self._inv_scale = inv_scale
+
+    @classmethod
+    def of(cls, sites: Mapping[str, _priors.LatentSite],
+           offsets: Mapping[str, tuple[int, int]]) -> _NormalBlock:
+        index, loc, scale, other = [], [], [], []
+        for name, site in sites.items():
+            prior = site.prior
+            base = prior.base_dist if isinstance(prior, torch.distributions.Independent) else prior
+            covers_event = (isinstance(base, torch.distributions.Normal)
+                            and tuple(base.batch_shape) == site.shape
+                            and tuple(prior.event_shape) == site.shape)
+            if not covers_event:
+                other.append(name)
+                continue
+            start, stop = offsets[name]
+            index.append(torch.arange(start, stop))
+            loc.append(base.loc.detach().reshape(-1).to(torch.float64))
+            scale.append(base.scale.detach().reshape(-1).to(torch.float64))
+        if not index:
+            empty = torch.zeros(0, dtype=torch.float64)
+            return cls(torch.zeros(0, dtype=torch.long), empty, empty, 0.0, other)
+        scales = torch.cat(scale)
+        log_norm = float(scales.log().sum()) + 0.5 * scales.numel() * math.log(2 * math.pi)
+        return cls(torch.cat(index), torch.cat(loc), 1.0 / scales, log_norm, other)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """Joint prior log density of the block, shape (*S,) for z (*S, dim)."""
+        if self._index.numel() == 0:
+            return torch.zeros(z.shape[:-1], dtype=z.dtype)
+        u = z[..., self._slice[0]:self._slice[1]] if self._slice else z[..., self._index]
+        if self._loc is not None:
+            u = u - self._loc.to(z.dtype)
+        inv_scale = self._inv_scale if z.dtype == torch.float64 else self._inv_scale.to(z.dtype)
+        standardized = u * inv_scale
+        return -0.5 * (standardized * standardized).sum(-1) - self._log_norm
 
 
 def _is_real(support: constraints.Constraint) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import html
 import io
 import json
@@ -120,6 +121,47 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+# A report asks for the same run's predictions at the same inputs in several sections, and a
+# comparison page (and the demo's table before it) asks again for every run; within one
+# ``_shared_results()`` scope each (run, inputs) prediction and each run's diagnostics are
+# computed once. The scope ends with the outermost call so no cache outlives a page.
+_SHARED: list[dict[tuple[int, Any], Any]] = []
+
+
+@contextlib.contextmanager
+def _shared_results() -> Iterator[None]:
+    """Reuse predictions and diagnostics of the same runs until the outermost scope ends."""
+    outermost = not _SHARED
+    if outermost:
+        _SHARED.append({})
+    try:
+        yield
+    finally:
+        if outermost:
+            _SHARED.clear()
+
+
+def _shared(posterior: Posterior, key: Any, compute: Any) -> Any:
+    if not _SHARED:
+        return compute()
+    store = _SHARED[0]
+    full_key = (id(posterior), key)
+    if full_key not in store:
+        # Keep the run alive with its entry so its id cannot be reused within the scope.
+        store[full_key] = (posterior, compute())
+    return store[full_key][1]
+
+
+def _predict(posterior: Posterior, x: np.ndarray) -> Prediction:
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    key = ("predict", x.shape, hashlib.sha1(x.tobytes()).hexdigest())
+    return _shared(posterior, key, lambda: posterior.predict(x))
+
+
+def _diagnose(posterior: Posterior) -> Any:
+    return _shared(posterior, "diagnose", posterior.diagnose)
+
+
 class _Raw:
     """Already-escaped HTML for a table cell."""
 
@@ -188,7 +230,7 @@ def _run_section(posterior: Posterior) -> str:
 
 
 def _diagnostics_section(posterior: Posterior) -> tuple[str, bool]:
-    diag = posterior.diagnose()
+    diag = _diagnose(posterior)
     table = diag.table
     rows = []
     for record in table.itertuples(index=False):
@@ -367,7 +409,7 @@ def _band_figure(posterior: Posterior, x_test: np.ndarray | None,
     low, high = min(v.min() for v in xs), max(v.max() for v in xs)
     pad = 0.25 * (high - low) if high > low else 1.0
     grid = np.linspace(low - pad, high + pad, _GRID_POINTS)[:, None]
-    pred = posterior.predict(grid)
+    pred = _predict(posterior, grid)
     lower, upper = pred.interval(0.95)
     f_low, f_high = np.quantile(pred.f_samples, [0.025, 0.975], axis=0)
     out_dim = posterior.model.out_dim
@@ -402,7 +444,7 @@ def _parity_figure(posterior: Posterior, x_test: np.ndarray | None,
     fig = _figure(min(5 * out_dim, 16), 4.6)
     axes = np.atleast_1d(fig.subplots(1, out_dim))
     for label, x, y, color in sets:
-        pred = posterior.predict(x)
+        pred = _predict(posterior, x)
         lower, upper = pred.interval(0.95)
         for j, ax in enumerate(axes):
             err = np.stack([pred.mean[:, j] - lower[:, j], upper[:, j] - pred.mean[:, j]])
@@ -477,6 +519,7 @@ def _check_test(posterior: Posterior, x_test: Any, y_test: Any
 
 
 # ------------------------------------------------------------------------------- the report
+@_shared_results()
 def report(posterior: Posterior, out_dir: str | os.PathLike, x_test: Any = None,
            y_test: Any = None, *, title: str | None = None) -> Path:
     """Write a self-contained HTML diagnostic report and the run's netCDF file.
@@ -537,10 +580,10 @@ def report(posterior: Posterior, out_dir: str | os.PathLike, x_test: Any = None,
                                    "central 95% predictive interval (with noise).</p>"
                                    + _parity_figure(posterior, x_test, y_test))
 
-    pred_train = posterior.predict(posterior.x_train)
+    pred_train = _predict(posterior, posterior.x_train)
     rows = [_metric_row("train", pred_train, posterior.y_train)]
     if x_test is not None and y_test is not None:
-        pred_test = posterior.predict(x_test)
+        pred_test = _predict(posterior, x_test)
         rows.append(_metric_row("test", pred_test, y_test))
         sections["calibration"] = (
             "<p>Observed fraction of points inside the central predictive interval against its "
@@ -597,6 +640,7 @@ def _check_runs(posteriors: Any) -> dict[str, Posterior]:
     return posteriors
 
 
+@_shared_results()
 def summary_rows(posteriors: dict[str, Posterior], x_test: Any = None, y_test: Any = None
                  ) -> list[dict[str, Any]]:
     """One row of metrics and convergence numbers per run, for comparing methods.
@@ -621,8 +665,8 @@ def summary_rows(posteriors: dict[str, Posterior], x_test: Any = None, y_test: A
         label = "test"
         if x is None:
             x, y, label = post.x_train, post.y_train, "train"
-        pred = post.predict(x)
-        diag = post.diagnose()
+        pred = _predict(post, x)
+        diag = _diagnose(post)
         check, short = _KEY_CHECKS.get(post.method.name, ("", ""))
         table = diag.table
         match = table[table["check"] == check]["value"].to_numpy()
@@ -654,7 +698,7 @@ def _bands_figure(posteriors: dict[str, Posterior], x_test: np.ndarray | None,
     for ax in axes.reshape(-1)[len(runs):]:
         ax.set_axis_off()
     for ax, (name, post) in zip(axes.reshape(-1), runs, strict=False):
-        pred = post.predict(grid)
+        pred = _predict(post, grid)
         lower, upper = pred.interval(0.95)
         f_low, f_high = np.quantile(pred.f_samples, [0.025, 0.975], axis=0)
         g = grid[:, 0]
@@ -673,6 +717,7 @@ def _bands_figure(posteriors: dict[str, Posterior], x_test: np.ndarray | None,
     return _png(fig)
 
 
+@_shared_results()
 def compare_report(posteriors: dict[str, Posterior], out_dir: str | os.PathLike,
                    x_test: Any = None, y_test: Any = None, *, title: str | None = None
                    ) -> Path:

@@ -268,11 +268,23 @@ class ResNet(Network):
         b : tensor (*S, M, width)
         """
         coef_w, coef_b = params["W_coef"], params["b_coef"]
-        t = self.layer_times() if times is None else times
-        phi = self.basis.matrix(t, self.depth, self.horizon, dtype=coef_w.dtype)
+        if times is None:
+            phi = self._grid_basis(coef_w.dtype)
+        else:
+            phi = self.basis.matrix(times, self.depth, self.horizon, dtype=coef_w.dtype)
         weights = torch.einsum("mk,...kij->...mij", phi, coef_w)
         biases = torch.einsum("mk,...ki->...mi", phi, coef_b)
         return weights, biases
+
+    def _grid_basis(self, dtype: torch.dtype) -> Tensor:
+        """The basis on the Euler grid, (depth, num_basis); computed once per dtype because
+        every forward needs it and building it (with its input checks) costs as much as a layer."""
+        key = (dtype, self.depth, self.horizon, id(self.basis))
+        cache = self.__dict__.setdefault("_grid_basis_cache", {})
+        if key not in cache:
+            cache[key] = self.basis.matrix(self.layer_times(), self.depth, self.horizon,
+                                           dtype=dtype)
+        return cache[key]
 
     def stage_basis(self, offsets: Tensor | list[float]) -> Tensor:
         """Basis functions at the stage times t_n + c dt of every step n.
@@ -334,9 +346,18 @@ class ResNet(Network):
         if self.integrator != "euler":
             return self._runge_kutta_states(params, h)
         weights, biases = self.layer_weights(params)
+        # One unbind instead of a slice per layer, and fused multiply-adds: every op here is a
+        # node of the autograd graph that NUTS differentiates at each leapfrog step, and on
+        # small networks the per-node overhead, not the arithmetic, sets the cost.
+        layer_weights = weights.transpose(-1, -2).unbind(-3)
+        layer_biases = biases.unsqueeze(-2).unbind(-3)
         states = [h]
-        for n in range(self.depth):
-            h = h + self.dt * self.vector_field(h, weights[..., n, :, :], biases[..., n, :])
+        for weight_t, bias in zip(layer_weights, layer_biases, strict=True):
+            if h.dim() == 3 and weight_t.dim() == 3:
+                pre = torch.baddbmm(bias, h, weight_t)
+            else:
+                pre = h @ weight_t + bias
+            h = torch.add(h, self._act(pre), alpha=self.dt)
             states.append(h)
         return states
 

@@ -264,6 +264,15 @@ def test_demo_end_to_end_with_tiny_settings(monkeypatch, tmp_path, capsys):
         rows = list(csv.DictReader(handle))
     assert [r["name"] for r in rows] == ["nuts", "meanfield", "lowrank", "ensemble"]
     assert {r["data"] for r in rows} == {"test"}
+    # The default runs the fits in two worker processes; one after another in this process
+    # gives the same draws, hence the same table (fit times aside).
+    assert cli.main(["demo", "--fast", "--out", str(tmp_path / "serial"), "--quiet",
+                     "--jobs", "1"]) == 0
+    with open(tmp_path / "serial" / "summary.csv") as handle:
+        serial = list(csv.DictReader(handle))
+    for row in (*rows, *serial):
+        row.pop("fit_seconds")
+    assert serial == rows
 
 
 def _subprocess(args, **kwargs):

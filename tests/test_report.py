@@ -236,3 +236,29 @@ def test_compare_report_and_summary_rows(nuts_post, vi_post, ensemble_post, toy,
         assert (tmp_path / name / "posterior.nc").is_file()
     with pytest.raises(ValueError, match="run name"):
         compare_report({"../x": nuts_post}, tmp_path)
+
+
+def test_each_prediction_is_computed_once_per_page(nuts_post, ensemble_post, toy, tmp_path,
+                                                   monkeypatch):
+    import importlib
+
+    report_module = importlib.import_module("bayesresnet.report")
+    _, _, _, x_test, y_test = toy
+    calls: list[tuple[int, tuple[int, ...]]] = []
+    original = brn.Posterior.predict
+
+    def counting_predict(self, x, *args, **kwargs):
+        calls.append((id(self), np.shape(x)))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(brn.Posterior, "predict", counting_predict)
+    runs = {"nuts": nuts_post, "ensemble": ensemble_post}
+    compare_report(runs, tmp_path, x_test, y_test)
+    # Per run: the test inputs, the training inputs and the plotting grid, once each, although
+    # the comparison table, the bands and each run's own page all ask for them.
+    assert sorted(calls) == sorted(set(calls))
+    assert len(calls) == 3 * len(runs)
+    assert report_module._SHARED == []  # nothing outlives the page
+    calls.clear()
+    compare_report(runs, tmp_path, x_test, y_test)
+    assert len(calls) == 3 * len(runs)  # a new page computes afresh

@@ -108,7 +108,8 @@ def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tu
     with store.scope(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         guide = guide_class(model, **guide_kwargs)
-        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
+        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
+                          max_plate_nesting=getattr(model, "max_plate_nesting", math.inf))
         optim = pyro.optim.ClippedAdam({"lr": lr, "clip_norm": _CLIP_NORM,
                                         "lrd": _FINAL_LR_FRACTION ** (1.0 / steps)})
         svi = SVI(model, guide, optim, loss=elbo)
