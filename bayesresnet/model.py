@@ -240,9 +240,8 @@ class BayesianResNet(PyroModule):
     def log_density(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Log density of the flat unconstrained parameters z (*S, dim), shape (*S,).
 
-        Equals ``log_joint(constrain(z)) + log|J|``; the Normal-prior sites are scored in one
-        pass over their block of z (see :class:`_NormalBlock`) because samplers call this at
-        every step.
+        Equals ``log_joint(constrain(z)) + log|J|``; the sites with a Normal prior are scored
+        in one pass over their block of z, because samplers call this at every step.
         """
         values, log_det = self.constrain(z)
         block = self._normal_block
