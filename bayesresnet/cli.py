@@ -345,7 +345,8 @@ def _demo_fits(model: Any, x: np.ndarray, y: np.ndarray, methods: dict[str, Any]
     def done(name: str, post: Any) -> None:
         print(f"  {name:<10} fitted in {post.fit_seconds:6.1f} s", flush=True)
 
-    if args.jobs == 1:
+    jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
+    if jobs == 1:
         posteriors = {}
         with _threads(args.threads):
             for name, method in methods.items():
@@ -358,7 +359,7 @@ def _demo_fits(model: Any, x: np.ndarray, y: np.ndarray, methods: dict[str, Any]
 
     # "spawn": a forked copy of a process that already ran torch can deadlock in its threads.
     context = multiprocessing.get_context("spawn")
-    workers = min(args.jobs, len(methods))
+    workers = min(jobs, len(methods))
     print(f"  fitting in {workers} processes", flush=True)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {name: pool.submit(_fit_quietly, model, x, y, method, args.seed, args.threads)
@@ -544,11 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=_positive, default=1,
                       help="torch threads; the demo's model is tiny, so 1 is fastest "
                            "(default: 1)")
-    demo.add_argument("--jobs", type=_positive, default=2,
+    demo.add_argument("--jobs", type=_positive, default=None,
                       help="fits running at once, each in its own process (no progress bars); "
                            "NUTS takes about as long as the other three together, so 2 nearly "
                            "halves the fitting time on two cores; 1 fits them one after "
-                           "another in this process (default: 2)")
+                           "another in this process (default: 2, or 1 on a one-core machine)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_cmd_demo)
 
