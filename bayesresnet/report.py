@@ -38,6 +38,7 @@ import io
 import json
 import math
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -124,27 +125,28 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 # A report asks for the same run's predictions at the same inputs in several sections, and a
 # comparison page (and the demo's table before it) asks again for every run; within one
 # ``_shared_results()`` scope each (run, inputs) prediction and each run's diagnostics are
-# computed once. The scope ends with the outermost call so no cache outlives a page.
-_SHARED: list[dict[tuple[int, Any], Any]] = []
+# computed once. The scope ends with the outermost call so no cache outlives a page, and it is
+# per thread so concurrent pages do not see each other's.
+_SCOPE = threading.local()
 
 
 @contextlib.contextmanager
 def _shared_results() -> Iterator[None]:
     """Reuse predictions and diagnostics of the same runs until the outermost scope ends."""
-    outermost = not _SHARED
+    outermost = getattr(_SCOPE, "store", None) is None
     if outermost:
-        _SHARED.append({})
+        _SCOPE.store = {}
     try:
         yield
     finally:
         if outermost:
-            _SHARED.clear()
+            _SCOPE.store = None
 
 
 def _shared(posterior: Posterior, key: Any, compute: Any) -> Any:
-    if not _SHARED:
+    store = getattr(_SCOPE, "store", None)
+    if store is None:
         return compute()
-    store = _SHARED[0]
     full_key = (id(posterior), key)
     if full_key not in store:
         # Keep the run alive with its entry so its id cannot be reused within the scope.

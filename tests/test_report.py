@@ -258,7 +258,7 @@ def test_each_prediction_is_computed_once_per_page(nuts_post, ensemble_post, toy
     # the comparison table, the bands and each run's own page all ask for them.
     assert sorted(calls) == sorted(set(calls))
     assert len(calls) == 3 * len(runs)
-    assert report_module._SHARED == []  # nothing outlives the page
+    assert getattr(report_module._SCOPE, "store", None) is None  # nothing outlives the page
     calls.clear()
     compare_report(runs, tmp_path, x_test, y_test)
     assert len(calls) == 3 * len(runs)  # a new page computes afresh
