@@ -152,3 +152,29 @@ def test_log_density_equals_pyro_trace_plus_jacobian(prior, likelihood, dtype):
     assert density.shape == (5,)
     rtol = 1e-12 if dtype == torch.float64 else 1e-4  # float32: about 1e-7 per rounding
     assert torch.allclose(density.double(), expected, atol=1e-9, rtol=rtol)
+
+
+def test_normal_block_with_shifted_means_and_gaps():
+    # The flat-vector prior block on its own: a non-zero mean, per-element scales, a scalar
+    # site, and a non-Normal site between Normal ones (so the block's coordinates have a gap).
+    from collections import OrderedDict
+
+    import pyro.distributions as pdist
+
+    from bayesresnet.model import _NormalBlock
+    from bayesresnet.priors import LatentSite
+
+    loc = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]], dtype=torch.float64)
+    scale = torch.tensor([[1.0, 0.5, 2.0], [0.1, 3.0, 1.5]], dtype=torch.float64)
+    sites = OrderedDict(
+        a=LatentSite("a", (2, 3), pdist.Normal(loc, scale).to_event(2)),
+        s=LatentSite("s", (), pdist.HalfNormal(torch.tensor(1.0, dtype=torch.float64))),
+        b=LatentSite("b", (), pdist.Normal(torch.tensor(0.7, dtype=torch.float64),
+                                           torch.tensor(0.2, dtype=torch.float64))))
+    offsets = {"a": (0, 6), "s": (6, 7), "b": (7, 8)}
+    block = _NormalBlock.of(sites, offsets)
+    assert block.other_sites == ["s"]
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = (sites["a"].prior.log_prob(z[:, :6].reshape(4, 2, 3))
+                + sites["b"].prior.log_prob(z[:, 7]))
+    torch.testing.assert_close(block.log_prob(z), expected, rtol=1e-12, atol=1e-12)
