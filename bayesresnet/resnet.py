@@ -231,6 +231,7 @@ class ResNet(Network):
         self.activation = activation
         self.horizon = float(horizon)
         self.num_basis = self.basis.size(depth)
+        self._grid_basis_cache: dict[tuple[Any, ...], Tensor] = {}
 
     @property
     def dt(self) -> float:
@@ -280,11 +281,10 @@ class ResNet(Network):
         """The basis on the Euler grid, (depth, num_basis); computed once per dtype because
         every forward needs it and building it (with its input checks) costs as much as a layer."""
         key = (dtype, self.depth, self.horizon, id(self.basis))
-        cache = self.__dict__.setdefault("_grid_basis_cache", {})
-        if key not in cache:
-            cache[key] = self.basis.matrix(self.layer_times(), self.depth, self.horizon,
-                                           dtype=dtype)
-        return cache[key]
+        if key not in self._grid_basis_cache:
+            self._grid_basis_cache[key] = self.basis.matrix(self.layer_times(), self.depth,
+                                                            self.horizon, dtype=dtype)
+        return self._grid_basis_cache[key]
 
     def stage_basis(self, offsets: Tensor | list[float]) -> Tensor:
         """Basis functions at the stage times t_n + c dt of every step n.
@@ -328,7 +328,14 @@ class ResNet(Network):
 
     def vector_field(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """act(W h + b) for hidden states h (*S, N, width), W (*S, width, width), b (*S, width)."""
-        return self._act(h @ weight.transpose(-1, -2) + bias.unsqueeze(-2))
+        return self._field(h, weight.transpose(-1, -2), bias.unsqueeze(-2))
+
+    def _field(self, h: Tensor, weight_t: Tensor, bias_row: Tensor) -> Tensor:
+        """act(h W^T + b) from W^T (*S, width, width) and b as a row (*S, 1, width): one fused
+        batched multiply-add where the shapes allow it."""
+        if h.dim() == 3 and weight_t.dim() == 3:
+            return self._act(torch.baddbmm(bias_row, h, weight_t))
+        return self._act(h @ weight_t + bias_row)
 
     def embed(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """Input layer: h_0 of shape (*S, N, width)."""
@@ -352,12 +359,8 @@ class ResNet(Network):
         layer_weights = weights.transpose(-1, -2).unbind(-3)
         layer_biases = biases.unsqueeze(-2).unbind(-3)
         states = [h]
-        for weight_t, bias in zip(layer_weights, layer_biases, strict=True):
-            if h.dim() == 3 and weight_t.dim() == 3:
-                pre = torch.baddbmm(bias, h, weight_t)
-            else:
-                pre = h @ weight_t + bias
-            h = torch.add(h, self._act(pre), alpha=self.dt)
+        for weight_t, bias_row in zip(layer_weights, layer_biases, strict=True):
+            h = torch.add(h, self._field(h, weight_t, bias_row), alpha=self.dt)
             states.append(h)
         return states
 

@@ -80,25 +80,24 @@ def kernel_overhead(chains: int, dim: int, calls: int) -> float:
     return (time.perf_counter() - start) / steps - grad_cost
 
 
-def prepare(model: brn.BayesianResNet, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
-            compile_it: bool) -> tuple[dict[str, float], dict]:
+def prepare(model: brn.BayesianResNet, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+            ) -> tuple[dict[str, float], dict]:
     """Graph count, and compile time and error of the compiled log density; the callables."""
     def log_density(q: torch.Tensor) -> torch.Tensor:
         return model.log_density(q, x, y)
 
     log_density(z)  # fills the network's basis cache before the graphs are counted
     info = {"graphs": torch._dynamo.explain(log_density)(z).graph_count}
-    fns = {"eager": lambda: nk.value_and_grad(log_density, z)}
-    if compile_it:
-        torch._dynamo.reset()  # every configuration pays its own compilation
-        compiled = torch.compile(log_density, dynamic=False)
-        start = time.perf_counter()
-        value_c, grad_c = nk.value_and_grad(compiled, z)
-        info["compile"] = time.perf_counter() - start
-        value_e, grad_e = nk.value_and_grad(log_density, z)
-        info["rel_err"] = max(float((value_c - value_e).abs().max() / value_e.abs().max()),
-                              float((grad_c - grad_e).abs().max() / grad_e.abs().max()))
-        fns["compiled"] = lambda: nk.value_and_grad(compiled, z)
+    torch._dynamo.reset()  # every configuration pays its own compilation
+    compiled = torch.compile(log_density, dynamic=False)
+    start = time.perf_counter()
+    value_c, grad_c = nk.value_and_grad(compiled, z)
+    info["compile"] = time.perf_counter() - start
+    value_e, grad_e = nk.value_and_grad(log_density, z)
+    info["rel_err"] = max(float((value_c - value_e).abs().max() / value_e.abs().max()),
+                          float((grad_c - grad_e).abs().max() / grad_e.abs().max()))
+    fns = {"eager": lambda: nk.value_and_grad(log_density, z),
+           "compiled": lambda: nk.value_and_grad(compiled, z)}
     return info, fns
 
 
@@ -107,7 +106,7 @@ def evaluate(problem: Problem, chains: int, calls: int) -> dict[str, float]:
     z = 0.3 * torch.randn(chains, problem.model.dim, dtype=torch.float64,
                           generator=torch.Generator().manual_seed(1))
     kernel = kernel_overhead(chains, problem.model.dim, calls)
-    result, fns = prepare(problem.model, x, y, z, True)
+    result, fns = prepare(problem.model, x, y, z)
     result.update(per_call_interleaved(fns, calls))
     saved = result["eager"] - result["compiled"]
     result["kernel"] = kernel

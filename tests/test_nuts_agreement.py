@@ -27,21 +27,11 @@ import math
 
 import arviz as az
 import numpy as np
-import pytest
-import torch
 
 import bayesresnet as brn
 
 X_TEST = np.array([[-3.5], [-1.5], [0.0], [1.5], [3.5]])
 CHAINS, WARMUP, SAMPLES = 2, 150, 150
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _network_output(backend: str) -> np.ndarray:

@@ -19,17 +19,6 @@ import torch
 import bayesresnet as brn
 from bayesresnet.inference.nuts import BACKENDS, NUTS, initial_positions, sample_pyro
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest (several threads on a busy machine spend
-    far more time synchronizing than computing)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # A correlated 3-D Gaussian target.
 MU = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 _CHOL = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.3, -0.5, 0.4]], dtype=torch.float64)
