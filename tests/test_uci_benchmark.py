@@ -130,6 +130,21 @@ def test_quick_and_full_results_do_not_mix(bench):
     assert bench.unit_key(changed, "ensemble") == bench.unit_key(full, "ensemble")
 
 
+def test_model_overrides_change_one_method_model_and_key(bench):
+    config = bench.default_config(False, "pyro")
+    assert config["model_overrides"] == {"meanfield": {"basis": "constant"}}
+    assert bench.method_model(config, "meanfield") == {**config["model"], "basis": "constant"}
+    assert bench.method_model(config, "ensemble") == config["model"]
+    assert type(bench.build_model(config, 6, "meanfield").net.basis).__name__ == "Constant"
+    assert type(bench.build_model(config, 6, "ensemble").net.basis).__name__ == "Legendre"
+    # The override is part of the method's key and of no other method's.
+    plain = {**config, "model_overrides": {}}
+    assert bench.unit_key(plain, "meanfield") != bench.unit_key(config, "meanfield")
+    assert bench.unit_key(plain, "ensemble") == bench.unit_key(config, "ensemble")
+    report = bench.render_report(config, [], [])
+    assert '| MeanField (no results yet) | `' in report and '`{"basis": "constant"}`' in report
+
+
 def test_run_unit_is_picklable_and_deterministic(bench, data_root):
     import pickle
 
