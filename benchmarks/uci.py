@@ -634,11 +634,14 @@ def render_report(config: dict[str, Any], records: Sequence[dict[str, Any]],
     for dataset in datasets:
         n_train = next((r["n_train"] for r in mine if r["dataset"] == dataset), None)
         n_test = next((r["n_test"] for r in mine if r["dataset"] == dataset), None)
-        params = next((r["num_params"] for r in mine if r["dataset"] == dataset), None)
+        params = {METHOD_LABELS[r["method"]]: r["num_params"] for r in mine
+                  if r["dataset"] == dataset}
         lines += [f"## {dataset}", ""]
         if n_train is not None:
-            lines += [f"{n_train} training / {n_test} test points per split; {params} "
-                      "parameters.", ""]
+            counts = ", ".join(f"{count} ({', '.join(m for m in params if params[m] == count)})"
+                               for count in sorted(set(params.values())))
+            lines += [f"{n_train} training / {n_test} test points per split; parameters: "
+                      f"{counts}.", ""]
         header = "| method | n | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
         lines += [header, "|" + "---|" * (len(METRICS) + 2)]
         for method in methods:
