@@ -201,12 +201,12 @@ def unit_key(config: dict[str, Any], method: str) -> str:
     return f"{config['name']}-{digest}"
 
 
-def build_model(config: dict[str, Any], in_dim: int, method: str | None = None) -> Any:
-    """The ``BayesianResNet`` that ``method`` fits (:func:`method_model`; without ``method``,
-    ``config['model']``) for ``in_dim`` inputs and one output."""
+def build_model(config: dict[str, Any], in_dim: int, method: str) -> Any:
+    """The ``BayesianResNet`` that ``method`` fits (:func:`method_model`) for ``in_dim`` inputs
+    and one output."""
     import bayesresnet as brn
 
-    spec = config["model"] if method is None else method_model(config, method)
+    spec = method_model(config, method)
     net = brn.ResNet(in_dim, 1, width=spec["width"], depth=spec["depth"], basis=spec["basis"],
                      activation=spec["activation"], horizon=spec["horizon"])
     return brn.BayesianResNet(net, prior=brn.priors.Normal(spec["prior_scale"]),

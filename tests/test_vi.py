@@ -41,11 +41,10 @@ def _fit_gaussian(guide_class, **guide_kwargs):
                       steps=400, lr=0.1, num_particles=256, num_draws=4000, seed=0)
 
 
-def _check_draws_follow(fit, q):
-    """log_q is the density of the fitted q at the draws, and the draws' mean is q's mean."""
-    z = fit.draws["z"]
+def _check_draws_follow(z, log_q, q):
+    """log_q is the density of the fitted q at the draws z, and their mean is q's mean."""
     assert z.shape == (4000, 3)
-    assert torch.allclose(fit.log_q, q.log_prob(z), atol=1e-10)
+    assert torch.allclose(log_q, q.log_prob(z), atol=1e-10)
     standard_error = q.variance.sqrt() / math.sqrt(z.shape[0])
     assert ((z.mean(0) - q.mean).abs() < 5 * standard_error).all()
 
@@ -56,7 +55,7 @@ def test_meanfield_variances_are_inverse_precision_diagonal():
     assert loc.abs().max() < 0.05
     ratio = scale**2 * torch.diag(PRECISION)  # KL(q||p)-optimal mean field: var_i = 1/Lambda_ii
     assert ((ratio - 1).abs() < 0.10).all(), ratio
-    _check_draws_follow(fit, dist.Normal(loc, scale).to_event(1))
+    _check_draws_follow(fit.draws["z"], fit.log_q, dist.Normal(loc, scale).to_event(1))
 
 
 def test_lowrank_at_full_rank_recovers_the_covariance():
@@ -70,7 +69,7 @@ def test_lowrank_at_full_rank_recovers_the_covariance():
     sd = torch.diag(cov).sqrt()
     assert (cov / sd.outer(sd) - CORR).abs().max() < 0.05
     q = dist.LowRankMultivariateNormal(loc, factor * scale[:, None], scale**2)
-    _check_draws_follow(fit, q)
+    _check_draws_follow(fit.draws["z"], fit.log_q, q)
 
 
 def test_fit_guide_elbo_history_and_isolation():
@@ -101,7 +100,7 @@ def test_flat_meanfield_variances_are_inverse_precision_diagonal():
     assert loc.abs().max() < 0.05
     ratio = scale**2 * torch.diag(PRECISION)
     assert ((ratio - 1).abs() < 0.10).all(), ratio
-    _check_draws_follow(_as_guide_fit(fit), dist.Normal(loc, scale).to_event(1))
+    _check_draws_follow(fit.draws, fit.log_q, dist.Normal(loc, scale).to_event(1))
     # The reported ELBO at the optimum is -KL(q||p) (log Z = 0), as for the Pyro backend.
     var = 1 / torch.diag(PRECISION)
     kl = 0.5 * (torch.logdet(SIGMA) - var.log().sum())
@@ -119,7 +118,7 @@ def test_flat_lowrank_at_full_rank_recovers_the_covariance():
     # At full rank q can equal p, so the ELBO reaches log Z = 0.
     assert abs(fit.elbo[-100:].mean()) < 0.05
     q = dist.LowRankMultivariateNormal(loc, factor * scale[:, None], scale**2)
-    _check_draws_follow(_as_guide_fit(fit), q)
+    _check_draws_follow(fit.draws, fit.log_q, q)
 
 
 def test_flat_fit_is_seeded_and_leaves_the_global_rng_alone():
@@ -135,11 +134,6 @@ def test_flat_fit_reports_a_non_finite_elbo():
         fit_flat_gaussian(lambda z: z.sum(-1) * float("nan"), torch.zeros(2, dtype=torch.float64),
                           rank=None, init_scale=0.1, steps=5, lr=0.1, num_particles=2,
                           num_draws=2, seed=0, clip=10.0, final_lr_fraction=0.1)
-
-
-def _as_guide_fit(fit):
-    """A flat fit in the shape ``_check_draws_follow`` reads (draws of one 3-vector site)."""
-    return type("Fit", (), {"draws": {"z": fit.draws}, "log_q": fit.log_q})
 
 
 # ---------------------------------------------------------------- the real model on the cubic toy

@@ -90,6 +90,16 @@ def make_progress(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+def update_running_mean(bar: Any, history: np.ndarray, step: int, label: str) -> None:
+    """After ``step`` of ``len(history)`` steps, advance ``bar`` about 100 times per run, each
+    time showing the mean of ``history`` over the steps since the last update as ``label``."""
+    every = max(1, len(history) // 100)
+    if (step + 1) % every == 0 or step + 1 == len(history):
+        recent = history[max(0, step + 1 - every):step + 1]
+        bar.set_postfix({label: f"{recent.mean():.4g}"}, refresh=False)
+        bar.update(step + 1 - bar.n)
+
+
 def seeded_generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``; independent of the global torch RNG."""
     generator = torch.Generator()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, Normal
 
-from .base import make_progress
+from .base import make_progress, update_running_mean
 
 __all__ = ["FlatGaussianFit", "fit_flat_gaussian"]
 
@@ -64,11 +64,21 @@ class FlatGaussianFit:
     params: dict[str, Tensor]
 
 
-def _distribution(loc: Tensor, raw_scale: Tensor, factor: Tensor | None) -> Distribution:
-    scale = torch.nn.functional.softplus(raw_scale)
+def _distribution(loc: Tensor, scale: Tensor, factor: Tensor | None) -> Distribution:
+    """q = N(loc, diag(scale) (F F^T + I) diag(scale)), diagonal when there is no factor F."""
     if factor is None:
         return Independent(Normal(loc, scale), 1)
     return LowRankMultivariateNormal(loc, factor * scale.unsqueeze(-1), scale * scale)
+
+
+def _sample(loc: Tensor, scale: Tensor, factor: Tensor | None, num: int,
+            generator: torch.Generator) -> Tensor:
+    """``num`` reparameterized draws (num, D) of q from ``generator``, not the global RNG."""
+    noise = torch.randn(num, loc.shape[-1], generator=generator, dtype=loc.dtype)
+    if factor is not None:
+        noise = noise + torch.randn(num, factor.shape[-1], generator=generator,
+                                    dtype=loc.dtype) @ factor.T
+    return loc + noise * scale
 
 
 def fit_flat_gaussian(log_density: Callable[[Tensor], Tensor], init_loc: Tensor, *,
@@ -128,20 +138,11 @@ def fit_flat_gaussian(log_density: Callable[[Tensor], Tensor], init_loc: Tensor,
     decay = final_lr_fraction ** (1.0 / steps)
 
     history = np.empty(steps)
-    every = max(1, steps // 100)
     with make_progress(progress, steps, desc) as bar:
         for step in range(steps):
-            q = _distribution(loc, raw_scale, factor)
-            # The reparameterized draws come from our generator, not the global RNG.
-            if factor is None:
-                noise = torch.randn(num_particles, dim, generator=generator, dtype=dtype)
-                z = loc + q.base_dist.scale * noise
-            else:
-                eps_w = torch.randn(num_particles, rank, generator=generator, dtype=dtype)
-                eps_d = torch.randn(num_particles, dim, generator=generator, dtype=dtype)
-                scale = q.cov_diag.sqrt()
-                z = loc + (eps_w @ factor.T + eps_d) * scale
-            elbo = log_density(z).mean() + q.entropy()
+            scale = torch.nn.functional.softplus(raw_scale)
+            z = _sample(loc, scale, factor, num_particles, generator)
+            elbo = log_density(z).mean() + _distribution(loc, scale, factor).entropy()
             if not torch.isfinite(elbo):
                 raise RuntimeError(f"{desc}: the ELBO became non-finite at step {step}; "
                                    "try a smaller lr or init_scale")
@@ -153,25 +154,13 @@ def fit_flat_gaussian(log_density: Callable[[Tensor], Tensor], init_loc: Tensor,
             for group in optimizer.param_groups:
                 group["lr"] *= decay
             history[step] = elbo.item()
-            if (step + 1) % every == 0 or step + 1 == steps:
-                bar.set_postfix(elbo=f"{history[max(0, step + 1 - every):step + 1].mean():.4g}",
-                                refresh=False)
-                bar.update(step + 1 - bar.n)
+            update_running_mean(bar, history, step, "elbo")
 
     with torch.no_grad():
-        q = _distribution(loc, raw_scale, factor)
-        if factor is None:
-            draws = loc + q.base_dist.scale * torch.randn(num_draws, dim, generator=generator,
-                                                          dtype=dtype)
-        else:
-            scale = q.cov_diag.sqrt()
-            draws = loc + (torch.randn(num_draws, rank, generator=generator, dtype=dtype)
-                           @ factor.T
-                           + torch.randn(num_draws, dim, generator=generator, dtype=dtype)
-                           ) * scale
-        log_q = q.log_prob(draws)
-        fitted = {"loc": loc.detach().clone(),
-                  "scale": torch.nn.functional.softplus(raw_scale).detach().clone()}
+        scale = torch.nn.functional.softplus(raw_scale)
+        draws = _sample(loc, scale, factor, num_draws, generator)
+        log_q = _distribution(loc, scale, factor).log_prob(draws)
+        fitted = {"loc": loc.detach().clone(), "scale": scale.clone()}
         if factor is not None:
             fitted["cov_factor"] = factor.detach().clone()
     return FlatGaussianFit(history, draws, log_q, fitted)

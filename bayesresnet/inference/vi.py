@@ -39,6 +39,7 @@ from .base import (
     check_positive_int,
     make_progress,
     seeded_generator,
+    update_running_mean,
 )
 from .flat_vi import fit_flat_gaussian
 
@@ -121,7 +122,6 @@ def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tu
                                         "lrd": _FINAL_LR_FRACTION ** (1.0 / steps)})
         svi = SVI(model, guide, optim, loss=elbo)
         history = np.empty(steps)
-        every = max(1, steps // 100)
         with make_progress(progress, steps, desc) as bar:
             for step in range(steps):
                 # Pyro's argument and shape validation runs on the first step only: it costs
@@ -132,10 +132,7 @@ def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tu
                     raise RuntimeError(f"{desc}: the ELBO became non-finite at step {step}; "
                                        "try a smaller lr or init_scale")
                 history[step] = -loss
-                if (step + 1) % every == 0 or step + 1 == steps:
-                    bar.set_postfix(elbo=f"{history[max(0, step + 1 - every):step + 1].mean():.4g}",
-                                    refresh=False)
-                    bar.update(step + 1 - bar.n)
+                update_running_mean(bar, history, step, "elbo")
         # The ELBO's nesting counts the model's plates plus its particle plate, so a draws plate
         # just left of it clears every plate of the model.
         with torch.no_grad():
@@ -228,10 +225,11 @@ class _AutoGuideVI(InferenceMethod):
         # median: in the all-zero network every hidden unit is interchangeable, a symmetric
         # saddle point that only the sampling noise of a narrow q would break.
         init = model.initial_values(seeded_generator(seed))
-        if self.backend == "flat":
-            values, log_q, extra, elbo = self._run_flat(model, x, y, init, seed, progress)
-        else:
-            values, log_q, extra, elbo = self._run_pyro(model, x, y, init, seed, progress)
+        rank = self._rank(model)
+        run = self._run_flat if self.backend == "flat" else self._run_pyro
+        values, log_q, extra, elbo = run(model, x, y, init, rank, seed, progress)
+        if rank is not None:
+            extra["rank"] = rank
         log_joint = _log_joint(model, values, x, y)
         return MethodResult(
             draws={name: value.unsqueeze(0) for name, value in values.items()},
@@ -239,10 +237,9 @@ class _AutoGuideVI(InferenceMethod):
                    "log_joint": log_joint.unsqueeze(0).numpy()},
             extra={"backend": self.backend, **extra})
 
-    def _run_flat(self, model: BayesianResNet, x: Tensor, y: Tensor,
-                  init: dict[str, Tensor], seed: int, progress: bool
+    def _run_flat(self, model: BayesianResNet, x: Tensor, y: Tensor, init: dict[str, Tensor],
+                  rank: int | None, seed: int, progress: bool
                   ) -> tuple[dict[str, Tensor], Tensor, dict[str, Any], np.ndarray]:
-        rank = self._rank(model)
         fit = fit_flat_gaussian(lambda z: model.log_density(z, x, y), model.unconstrain(init),
                                 rank=rank, init_scale=float(self.init_scale), steps=self.steps,
                                 lr=float(self.lr), num_particles=self.num_particles,
@@ -251,16 +248,12 @@ class _AutoGuideVI(InferenceMethod):
                                 desc=self.name)
         with torch.no_grad():
             values, log_det = model.constrain(fit.draws)
-        extra: dict[str, Any] = dict(fit.params)
-        if rank is not None:
-            extra["rank"] = rank
         # q's density of the constrained values: the Gaussian's minus the log-Jacobian.
-        return dict(values), fit.log_q - log_det, extra, fit.elbo
+        return dict(values), fit.log_q - log_det, dict(fit.params), fit.elbo
 
-    def _run_pyro(self, model: BayesianResNet, x: Tensor, y: Tensor,
-                  init: dict[str, Tensor], seed: int, progress: bool
+    def _run_pyro(self, model: BayesianResNet, x: Tensor, y: Tensor, init: dict[str, Tensor],
+                  rank: int | None, seed: int, progress: bool
                   ) -> tuple[dict[str, Tensor], Tensor, dict[str, Any], np.ndarray]:
-        rank = self._rank(model)
         guide_class = AutoNormal if rank is None else AutoLowRankMultivariateNormal
         kwargs: dict[str, Any] = {"init_loc_fn": init_to_value(values=init),
                                   "init_scale": float(self.init_scale)}
@@ -273,9 +266,7 @@ class _AutoGuideVI(InferenceMethod):
         if missing:
             raise RuntimeError(f"{self.name}: the guide produced no draws for sites {missing}")
         values = {name: fit.draws[name] for name in model.latent_sites}
-        extra: dict[str, Any] = {"guide": guide_class.__name__, "guide_params": fit.params}
-        if rank is not None:
-            extra["rank"] = rank
+        extra = {"guide": guide_class.__name__, "guide_params": fit.params}
         return values, fit.log_q, extra, fit.elbo
 
 
