@@ -10,8 +10,9 @@ parameter vector z, pushed through the model's constraining bijection, fitted by
 What differs is the route. Pyro traces the model and the guide site by site at every step; here
 each step is one batched call of the model's fused ``log_density`` on a (particles, D) tensor,
 and the entropy H[q] is taken in closed form rather than estimated from the particles (the same
-objective with a lower-variance gradient). On the UCI networks a step is about 4 times cheaper,
-which is what lets VI run the tens of thousands of steps a neural-network ELBO needs.
+objective with a lower-variance gradient). A mean-field step is 4-5 times cheaper and a
+low-rank step 2-2.5 times (``benchmarks/vi.py``), which is what lets VI run the tens of
+thousands of steps a neural-network ELBO needs.
 
 The optimizer matches Pyro's ``ClippedAdam`` as :mod:`~bayesresnet.inference.vi` configures
 it: Adam on gradients clamped elementwise to ``[-clip, clip]``, the learning rate multiplied by

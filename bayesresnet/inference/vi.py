@@ -293,8 +293,9 @@ class MeanField(_AutoGuideVI):
         Initial standard deviation of q; the means start at the network's initialization.
     backend : {'flat', 'pyro'}
         ``'flat'`` (default) fits q directly on the model's batched flat log density
-        (:mod:`~bayesresnet.inference.flat_vi`), about 4 times faster per step; ``'pyro'`` runs
-        Pyro's SVI with ``AutoNormal``, the reference implementation. Same family, same
+        (:mod:`~bayesresnet.inference.flat_vi`), 4-5 times faster per step
+        (``benchmarks/vi.py``); ``'pyro'`` runs Pyro's SVI with ``AutoNormal``, the reference
+        implementation. Same family, same
         objective; the draws of a given seed differ between the two.
     """
 
