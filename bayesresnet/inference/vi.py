@@ -295,8 +295,8 @@ class MeanField(_AutoGuideVI):
         ``'flat'`` (default) fits q directly on the model's batched flat log density
         (:mod:`~bayesresnet.inference.flat_vi`), 4-5 times faster per step
         (``benchmarks/vi.py``); ``'pyro'`` runs Pyro's SVI with ``AutoNormal``, the reference
-        implementation. Same family, same
-        objective; the draws of a given seed differ between the two.
+        implementation. Same family, same objective; the draws of a given seed differ between
+        the two.
     """
 
     steps: int = 5000
