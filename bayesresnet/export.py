@@ -48,7 +48,7 @@ from torch import Tensor
 from ._version import __version__
 from .data import Standardizer
 from .model import BayesianResNet
-from .posterior import Posterior, as_float_tensor, check_inputs
+from .posterior import Posterior, as_float_tensor, check_inputs, draws_per_chunk
 
 if TYPE_CHECKING:
     import arviz as az
@@ -85,9 +85,6 @@ _SAMPLE_STATS = {
     "log_q": "log_q",
     "final_loss": "final_loss",
 }
-
-# Budget (bytes) of one chunk of draws in the batched forward passes.
-_CHUNK_BYTES = 1 << 28
 
 # Independent random streams derived from the fit's seed (Posterior.predict uses seed + 1).
 _STREAM_PPC, _STREAM_PREDICTIONS = 101, 102
@@ -153,13 +150,6 @@ def site_dims(model: BayesianResNet) -> tuple[dict[str, tuple[str, ...]], dict[s
 
 
 # ------------------------------------------------------------------------------- evaluation
-def _chunk_size(posterior: Posterior, n: int) -> int:
-    net = posterior.model.net
-    width, depth = getattr(net, "width", 1), getattr(net, "depth", 1)
-    per_draw = 8 * (n * (width * (depth + 3) + 4 * net.out_dim) + depth * width * (width + 1))
-    return max(1, _CHUNK_BYTES // max(per_draw, 1))
-
-
 def _evaluate(posterior: Posterior, x: Tensor, y: Tensor | None
               ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Network mean, noise scale and pointwise log-likelihood of every draw, original units.
@@ -174,7 +164,7 @@ def _evaluate(posterior: Posterior, x: Tensor, y: Tensor | None
     x_std = posterior.x_scaler.transform(x)
     y_std = None if y is None else posterior.y_scaler.transform(y)
     log_jacobian = float(np.log(posterior.y_scaler.std).sum())
-    chunk = _chunk_size(posterior, x.shape[0])
+    chunk = draws_per_chunk(model.net, x.shape[0], total)
     locs, scales, logliks = [], [], []
     with torch.no_grad():
         for start in range(0, total, chunk):

@@ -86,6 +86,38 @@ def test_batched_forward_equals_loop(make):
             assert torch.allclose(out[i, j], net.forward(single, x), atol=1e-13)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "silu"])
+@pytest.mark.parametrize("sample_shape", [(), (4,), (2, 3)])
+def test_forward_and_its_gradient_equal_the_plain_euler_trajectory(activation, sample_shape):
+    """forward() runs feature-major, with tanh through sigmoid; hidden_states() is the plain
+    Euler loop. Both give the same output and the same gradient, up to rounding."""
+    net = brn.ResNet(3, 2, width=5, depth=6, basis=brn.Legendre(3), activation=activation,
+                     horizon=1.3)
+    params = {k: v.requires_grad_(True) for k, v in _random_params(net, 3, sample_shape).items()}
+    x = torch.randn(7, 3, dtype=torch.float64)
+    fast = net.forward(params, x)
+    plain = net.readout(params, net.hidden_states(params, x)[-1])
+    assert fast.shape == (*sample_shape, 7, 2)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-13)
+    with torch.no_grad():  # the in-place path of predictive passes
+        torch.testing.assert_close(net.forward(params, x), fast.detach(), rtol=0, atol=1e-14)
+    weights = torch.randn(fast.shape, dtype=torch.float64)
+    grads_fast = torch.autograd.grad((fast * weights).sum(), list(params.values()))
+    grads_plain = torch.autograd.grad((plain * weights).sum(), list(params.values()))
+    for name, a, b in zip(params, grads_fast, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+
+
+def test_forward_keeps_the_dtype_of_its_parameters():
+    net = brn.ResNet(2, 1, width=3, depth=4, basis=brn.Linear())
+    params = _random_params(net, 4, (5,))
+    x = torch.randn(6, 2, dtype=torch.float64)
+    single = net.forward({k: v.float() for k, v in params.items()}, x)
+    double = net.forward(params, x)
+    assert single.dtype == torch.float32 and double.dtype == torch.float64
+    torch.testing.assert_close(single.double(), double, rtol=0, atol=1e-5)
+
+
 def test_param_shapes_and_counts():
     net = brn.ResNet(3, 2, width=4, depth=5, basis=brn.Cubic())
     assert list(net.param_shapes) == ["input_weight", "input_bias", "W_coef", "b_coef",
