@@ -129,7 +129,15 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
     basis and 20 000 steps everywhere (``model_overrides``). Low-rank VI keeps its 2000 Pyro SVI
     steps, the setting of its committed results.
 
-    Methods: a deep ensemble of 5 members (Lakshminarayanan et al. 2017 used 5), full-batch Adam
+    The ensemble was revisited on the same internal split, with three changes tried on all three
+    data sets: 10 members instead of 5 improved validation NLL on every one (yacht -0.236 to
+    -0.297, energy 0.595 to 0.480, wine 1.032 to 1.002) and RMSE on every one; 500 steps instead
+    of 1000 helped wine but left yacht and energy underfitted (noise scale 4-7 times larger,
+    coverage 1.0); anchored members (randomized MAP) helped wine (NLL 0.980) but not yacht or
+    energy. So the ensemble has 10 members. None of the three lifted wine's validation coverage
+    (0.90-0.92).
+
+    Methods: a deep ensemble of 10 members (Lakshminarayanan et al. 2017 used 5), full-batch Adam
     (minibatches of 256 above 1024 points), cosine-decayed learning rate; mean-field VI on the
     flat backend and low-rank (rank about sqrt(dim)) Gaussian VI on Pyro's SVI, both with 2
     particles per step; NUTS from MAP-initialized chains. ``quick`` shortens every run (fewer
@@ -166,7 +174,7 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
         }
     else:
         methods = {
-            "ensemble": {"members": 5, "steps": 1000, "lr": 0.01},
+            "ensemble": {"members": 10, "steps": 1000, "lr": 0.01},
             "meanfield": {"steps": 20000, "lr": 0.01, "num_particles": 2, "num_draws": 500,
                           "backend": "flat"},
             "lowrank": {"steps": 2000, "lr": 0.01, "num_particles": 2, "num_draws": 500,

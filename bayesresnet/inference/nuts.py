@@ -154,7 +154,7 @@ class NUTS(InferenceMethod):
         ``'vectorized'`` backend: after this many batched gradient evaluations the log density
         is compiled with ``torch.compile`` (inductor, static shapes) and the rest of the run
         uses the compiled program; ``0`` compiles from the first step, ``None`` never compiles.
-        On the benchmark networks compiling takes 20-40 s and makes a gradient 1.0-2.5x faster
+        On the benchmark networks compiling takes 30-40 s and makes a gradient 1.2-3x faster
         (the gain shrinks as arithmetic outweighs per-operation overhead,
         ``benchmarks/compile.py``), so it pays only on long runs; the default, 20 000
         evaluations (about a minute of eager gradients on a small network), leaves short runs
