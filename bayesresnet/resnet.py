@@ -283,7 +283,7 @@ class ResNet(Network):
         key = (dtype, self.depth, self.horizon, id(self.basis))
         if key not in self._grid_cache:
             self._grid_cache[key] = self.basis.matrix(self.layer_times(), self.depth,
-                                                            self.horizon, dtype=dtype)
+                                                      self.horizon, dtype=dtype)
         return self._grid_cache[key]
 
     def stage_basis(self, offsets: Tensor | list[float]) -> Tensor:
