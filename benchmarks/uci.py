@@ -133,9 +133,9 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
     data sets: 10 members instead of 5 improved validation NLL on every one (yacht -0.236 to
     -0.297, energy 0.595 to 0.480, wine 1.032 to 1.002) and RMSE on every one; 500 steps instead
     of 1000 helped wine but left yacht and energy underfitted (noise scale 4-7 times larger,
-    coverage 1.0); anchored members (randomized MAP) helped wine (NLL 0.980) but not yacht or
-    energy. So the ensemble has 10 members. None of the three lifted wine's validation coverage
-    (0.90-0.92).
+    coverage 1.0); anchored members (randomized MAP) helped wine (NLL 0.980), barely moved
+    energy and hurt yacht (NLL -0.125). So the ensemble has 10 members. None of the three
+    lifted wine's validation coverage (0.90-0.92).
 
     Methods: a deep ensemble of 10 members (Lakshminarayanan et al. 2017 used 5), full-batch Adam
     (minibatches of 256 above 1024 points), cosine-decayed learning rate; mean-field VI on the
