@@ -620,6 +620,37 @@ def _targets(summary: dict[tuple[str, str], dict[str, Any]], datasets: Sequence[
     return rows
 
 
+def _earlier_configurations(config: dict[str, Any], records: Sequence[dict[str, Any]],
+                            keys: dict[str, str]) -> list[str]:
+    """A section with the scores of the same-named configuration's earlier settings of each
+    method (records whose key is not the current one), so that replacing a setting does not
+    hide what the old one did. Empty when there are none."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        method, key = record.get("method"), record.get("config", "")
+        if method in keys and key != keys[method] and key.startswith(f"{config['name']}-"):
+            groups.setdefault((method, key), []).append(record)
+    if not groups:
+        return []
+    lines = ["", "## Earlier settings", "",
+             "Units of settings that the configuration above has replaced, kept in the results "
+             "file: not part of the tables or targets above (mean ± standard error over "
+             "splits).", "",
+             "| method | key | settings | data set | n | RMSE | NLL | 95% cov. |",
+             "|---|---|---|---|---|---|---|---|"]
+    order = {method: i for i, method in enumerate(METHODS)}
+    for (method, key), group in sorted(groups.items(), key=lambda g: (order[g[0][0]], g[0][1])):
+        unique = {(r["dataset"], r["split"]): r for r in group}
+        summary = summarize(unique.values())
+        settings = next((r["settings"] for r in group if "settings" in r), None)
+        shown = f"`{json.dumps(settings, sort_keys=True)}`" if settings is not None else "?"
+        for (dataset, _), entry in sorted(summary.items()):
+            lines.append(f"| {METHOD_LABELS[method]} | `{key}` | {shown} | {dataset} | "
+                         f"{entry['n']} | {_pm(*entry['rmse'])} | {_pm(*entry['nll'])} | "
+                         f"{_pm(*entry['coverage_95'])} |")
+    return lines
+
+
 def render_report(config: dict[str, Any], records: Sequence[dict[str, Any]],
                   published: list[dict[str, Any]], *, datasets: Sequence[str] | None = None,
                   command: str = "") -> str:
@@ -718,6 +749,7 @@ def render_report(config: dict[str, Any], records: Sequence[dict[str, Any]],
             changed = f"`{json.dumps(changes, sort_keys=True)}`" if changes else "none"
             lines.append(f"| {METHOD_LABELS[method]}{note} | `{keys[method]}` | {changed} | "
                          f"`{json.dumps(config['methods'][method], sort_keys=True)}` |")
+    lines += _earlier_configurations(config, records, keys)
     other = len(records) - len(mine)
     lines += ["", f"{len(mine)} units reported"
               + (f"; {other} records of other configurations (or duplicates) in the results "

@@ -332,3 +332,22 @@ def test_report_puts_published_rows_beside_ours_and_checks_targets(bench, tmp_pa
     assert met("Ensemble 95% coverage") == "yes"
     assert met("NUTS 95% coverage") == "no"
     assert "1 records of other configurations" in report
+    assert "## Earlier settings" not in report  # 'x' is not a key of this configuration
+
+
+def test_report_lists_earlier_settings_of_a_method_apart(bench):
+    config = bench.default_config(False, "pyro")
+    earlier = f"{config['name']}-0123456789"
+    records = [
+        *[_record(bench, config, "yacht", "nuts", i, rmse=0.3) for i in range(2)],
+        *[{**_record(bench, config, "yacht", "nuts", i, rmse=v), "config": earlier,
+           "settings": {"init": "prior-map"}} for i, v in enumerate([0.8, 1.0])],
+    ]
+    lines = bench.render_report(config, records, []).splitlines()
+    assert "## Earlier settings" in lines
+    row = next(line for line in lines if line.startswith(f"| NUTS | `{earlier}`"))
+    assert '`{"init": "prior-map"}`' in row
+    assert "| yacht | 2 | 0.900 ± 0.100 |" in row
+    # The current rows and targets use only the current key's units.
+    current = next(line for line in lines if line.startswith("| NUTS (ours)"))
+    assert "0.300 ± 0.000" in current
