@@ -147,7 +147,7 @@ class NUTS(InferenceMethod):
         z, begun at the chain's own draw of the network's initialization (Glorot weights, zero
         biases, noise 0.5; how ensemble members start). ``'network'``: at that draw itself.
         ``'prior'``: at the chain's own prior draw. ``'prior-map'``: at ``init_steps`` Adam
-        steps begun at the prior draw (what ``'map'`` did up to version 0.1.0). Prior draws of a
+        steps begun at the prior draw (what ``'map'`` meant until 2026-11-27). Prior draws of a
         network's weights make wild functions, and the optimizer carries them to modes that
         fit the training data but generalize poorly, which the chains then cannot leave: on a
         held-out fifth of UCI yacht the chains of ``'prior-map'`` predicted with RMSE 0.43 to

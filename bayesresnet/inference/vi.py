@@ -321,8 +321,8 @@ class MeanField(_AutoGuideVI):
         Where q's means start: ``'network'``, the network's initialization (Glorot weights,
         noise 0.5); ``'map'``, after ``init_steps`` full-batch Adam steps (at ``lr``, cosine
         decayed) on the log density from there. On networks with hundreds of weights the ELBO
-        is slow to move the means far; starting them at a fit of the data saves most of that
-        walk (``benchmarks/uci.py`` records what it did on yacht, energy and wine).
+        may then end in a better optimum: low-rank VI's did on UCI yacht and energy, mean-field
+        VI's did not (``benchmarks/uci.py`` records the comparison).
     init_steps : int
         Adam steps of the ``'map'`` initialization.
     backend : {'flat', 'pyro'}
