@@ -659,7 +659,8 @@ def render_report(config: dict[str, Any], records: Sequence[dict[str, Any]],
     Parameters
     ----------
     config : dict
-        The configuration whose units are reported (others are counted, not shown).
+        The configuration whose units are reported (other records are counted; earlier
+        settings of the same configuration are listed apart).
     records : sequence of dict
         Records of the results file.
     published : list of dict
@@ -753,7 +754,7 @@ def render_report(config: dict[str, Any], records: Sequence[dict[str, Any]],
     other = len(records) - len(mine)
     lines += ["", f"{len(mine)} units reported"
               + (f"; {other} records of other configurations (or duplicates) in the results "
-                 "file are not shown." if other else "."), ""]
+                 "file are not in the tables above." if other else "."), ""]
     if published:
         sources = sorted({(r["method"], r["source"]) for r in published
                           if r["dataset"] in {PUBLISHED_NAMES.get(d, d) for d in datasets}})
