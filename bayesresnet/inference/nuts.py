@@ -79,7 +79,7 @@ from .executor import (
     span,
     split_range,
 )
-from .optim import adam_maximize, map_objective
+from .optim import map_fit
 
 __all__ = ["BACKENDS", "INITS", "NUTS", "SamplerOutput", "TieredLogDensity",
            "initial_positions", "sample_pyro"]
@@ -88,6 +88,7 @@ LogDensity = Callable[[Tensor], Tensor]
 
 INITS = ("map", "network", "prior", "prior-map")
 _OPTIMIZED_INITS = ("map", "prior-map")
+_PRIOR_INITS = ("prior", "prior-map")
 BACKENDS = ("vectorized", "pyro")
 
 # Learning rate of the MAP initialization. Adam moves each coordinate by about lr per step
@@ -300,7 +301,7 @@ def _starting_draws(model: BayesianResNet, init: str, chains: int, seed: int) ->
     for ``init`` 'prior' and 'prior-map', network initializations otherwise; all from one
     stream of the fit's seed, chain after chain."""
     stream = _derived_seed(seed, _STREAM_INIT)
-    if init in ("prior", "prior-map"):
+    if init in _PRIOR_INITS:
         values = model.sample_prior(stream, (chains,))
     else:
         generator = torch.Generator().manual_seed(stream)
@@ -314,12 +315,12 @@ def _start_positions(model: BayesianResNet, x: Tensor, y: Tensor, z_start: Tenso
     """Starting points (C, dim) of chains first_chain, first_chain + 1, ... from their flat
     starting draws ``z_start`` (C, dim): unchanged, or after a MAP optimization batched over
     C."""
-    z0 = z_start
     if init in _OPTIMIZED_INITS:
-        objective = map_objective(model, x, y, jacobian=True)
-        z0, _ = adam_maximize(objective, z0, init_steps, _INIT_LR)
-    with torch.no_grad():
-        start = model.log_density(z0, x, y)
+        z0, start = map_fit(model, x, y, z_start, init_steps, _INIT_LR)
+    else:
+        z0 = z_start
+        with torch.no_grad():
+            start = model.log_density(z0, x, y)
     bad = (~torch.isfinite(start)).nonzero().flatten().tolist()
     if bad:
         chains = [first_chain + b for b in bad]

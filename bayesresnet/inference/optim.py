@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..model import BayesianResNet
 
-__all__ = ["adam_maximize", "map_objective"]
+__all__ = ["adam_maximize", "map_fit", "map_objective"]
 
 # objective(z, batch_index) -> (C,) values to maximize; batch_index is None for full batch.
 Objective = Callable[[Tensor, Tensor | None], Tensor]
@@ -119,3 +119,19 @@ def adam_maximize(objective: Objective, z0: Tensor, steps: int, lr: float, *,
         if callback is not None:
             callback(step, history[step])
     return z.detach(), history
+
+
+def map_fit(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor, steps: int, lr: float
+            ) -> tuple[Tensor, Tensor]:
+    """``steps`` full-batch Adam steps on the log density of z (Jacobian included) from each
+    row of ``z0`` (C, D): the MAP starts of samplers and variational means.
+
+    Returns
+    -------
+    z : tensor (C, D), the final iterates (detached)
+    log_density : tensor (C,), the model's log density there (may be non-finite; callers
+        name the problem in their own terms)
+    """
+    z, _ = adam_maximize(map_objective(model, x, y, jacobian=True), z0, steps, lr)
+    with torch.no_grad():
+        return z, model.log_density(z, x, y)

@@ -42,7 +42,7 @@ from .base import (
     update_running_mean,
 )
 from .flat_vi import fit_flat_gaussian
-from .optim import adam_maximize, map_objective
+from .optim import map_fit
 
 __all__ = ["BACKENDS", "INITS", "LowRank", "MeanField", "default_rank"]
 
@@ -191,11 +191,9 @@ def _map_values(model: BayesianResNet, x: Tensor, y: Tensor, start: dict[str, Te
                 steps: int, lr: float) -> dict[str, Tensor]:
     """The latent values after ``steps`` full-batch Adam steps on the log density of z from
     ``start``: the mode the ELBO's integrand tends to as q's scales shrink to zero."""
-    objective = map_objective(model, x, y, jacobian=True)
-    z, _ = adam_maximize(objective, model.unconstrain(start).unsqueeze(0), steps, lr)
+    z, reached = map_fit(model, x, y, model.unconstrain(start).unsqueeze(0), steps, lr)
     with torch.no_grad():
         values, _ = model.constrain(z[0])
-        reached = model.log_density(z, x, y)
     if not torch.isfinite(reached).all():
         raise RuntimeError("the MAP initialization of the variational means reached a "
                            "non-finite log density; try a smaller lr or init='network'")
