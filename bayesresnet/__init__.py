@@ -2,6 +2,7 @@
 
 from . import basis, data, likelihoods, metrics, ode, priors
 from ._version import __version__
+from .allocator import tune_allocator
 from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
 from .diagnostics import ConvergenceWarning, Diagnostics
 from .export import PosteriorFileError, compare, load
@@ -45,4 +46,5 @@ __all__ = [
     "priors",
     "report",
     "stiffness",
+    "tune_allocator",
 ]

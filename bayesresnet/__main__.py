@@ -1,6 +1,6 @@
 """``python -m bayesresnet``: the ``bayesresnet`` command line (see :mod:`bayesresnet.cli`)."""
 
-from .cli import main
+from .cli import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

@@ -349,6 +349,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (and XLA's, when NumPyro runs)")
     parser.add_argument("--data-root", type=Path, default=REPO / ".." / "shared" / "data" / "uci")
+    parser.add_argument("--tune-allocator", action="store_true",
+                        help="call bayesresnet.tune_allocator() first, as the bayesresnet "
+                             "command does (fixes glibc's malloc thresholds for every "
+                             "contender in this process)")
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown file (default benchmarks/results/nuts.md, "
                              "nuts_quick.md with --quick)")
@@ -360,6 +364,8 @@ def main() -> None:
     out = args.out or REPO / "benchmarks" / "results" / ("nuts_quick.md" if args.quick
                                                          else "nuts.md")
     torch.set_num_threads(args.threads)
+    allocator = "glibc malloc thresholds fixed by `bayesresnet.tune_allocator()`" if (
+        args.tune_allocator and brn.tune_allocator()) else "the allocator's defaults"
     # ArviZ warns about one-chain inputs; the ESS of one chain is what (a) and (b) have.
     logging.getLogger("arviz").setLevel(logging.ERROR)
     with_numpyro = "d" in args.contenders and numpyro_available()
@@ -417,7 +423,8 @@ def main() -> None:
         f"--warmup {args.warmup} --samples {args.samples} --pyro-budget "
         f"{'{}x{}+{}'.format(*args.pyro_budget)} --pyro-backend-budget "
         f"{'{}x{}+{}'.format(*args.pyro_backend_budget)} --max-tree-depth "
-        f"{args.max_tree_depth} --threads {args.threads}`",
+        f"{args.max_tree_depth} --threads {args.threads}"
+        f"{' --tune-allocator' if args.tune_allocator else ''}`",
         "",
         f"Every contender samples the same posterior (priors N(0, 1) on all network "
         f"coefficients, HalfNormal(1) noise, Gaussian likelihood, tanh ResNet, data "
@@ -440,8 +447,9 @@ def main() -> None:
         f"torch {torch.__version__} with {args.threads} thread(s), pyro {pyro.__version__}"
         + (f", numpyro {__import__('numpyro').__version__}, jax {__import__('jax').__version__}"
            if with_numpyro else ", NumPyro not installed (d skipped)")
-        + ", float64 everywhere. The load column is the 1-minute load average during the "
-        "run: with load above the core count, wall times (of all contenders) are inflated.",
+        + f", float64 everywhere; memory: {allocator}. The load column is the 1-minute load "
+        "average during the run: with load above the core count, wall times (of all "
+        "contenders) are inflated.",
         "",
         table,
     ]
