@@ -329,6 +329,24 @@ CONTENDERS = {
 }
 
 
+def pin_cores(cpus: int | None) -> str:
+    """Pin this process (and the threads it starts later) to its first ``cpus`` allowed cores.
+
+    Returns a phrase for the report saying what the contenders ran on.
+    """
+    if cpus is None:
+        return "no core pinning"
+    if cpus < 1:
+        raise SystemExit(f"--cpus must be at least 1, got {cpus}")
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("--cpus needs os.sched_setaffinity (Linux)")
+    allowed = sorted(os.sched_getaffinity(0))
+    if cpus > len(allowed):
+        raise SystemExit(f"--cpus {cpus}: only {len(allowed)} cores are available")
+    os.sched_setaffinity(0, allowed[:cpus])
+    return f"process pinned to core(s) {', '.join(map(str, allowed[:cpus]))}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -349,6 +367,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (and XLA's, when NumPyro runs)")
     parser.add_argument("--data-root", type=Path, default=REPO / ".." / "shared" / "data" / "uci")
+    parser.add_argument("--cpus", type=int, default=None,
+                        help="pin the process to this many cores (os.sched_setaffinity) so every "
+                             "contender gets the same ones: JAX runs helper threads besides "
+                             "XLA's intra-op pool and takes an idle second core otherwise")
     parser.add_argument("--tune-allocator", action="store_true",
                         help="call bayesresnet.tune_allocator() first, as the bayesresnet "
                              "command does (fixes glibc's malloc thresholds for every "
@@ -364,6 +386,7 @@ def main() -> None:
     out = args.out or REPO / "benchmarks" / "results" / ("nuts_quick.md" if args.quick
                                                          else "nuts.md")
     torch.set_num_threads(args.threads)
+    cores = pin_cores(args.cpus)
     allocator = "glibc malloc thresholds fixed by `bayesresnet.tune_allocator()`" if (
         args.tune_allocator and brn.tune_allocator()) else "the allocator's defaults"
     # ArviZ warns about one-chain inputs; the ESS of one chain is what (a) and (b) have.
@@ -424,6 +447,7 @@ def main() -> None:
         f"{'{}x{}+{}'.format(*args.pyro_budget)} --pyro-backend-budget "
         f"{'{}x{}+{}'.format(*args.pyro_backend_budget)} --max-tree-depth "
         f"{args.max_tree_depth} --threads {args.threads}"
+        f"{f' --cpus {args.cpus}' if args.cpus else ''}"
         f"{' --tune-allocator' if args.tune_allocator else ''}`",
         "",
         f"Every contender samples the same posterior (priors N(0, 1) on all network "
@@ -444,7 +468,8 @@ def main() -> None:
             for label, c in checks.items()) + ".",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs; "
-        f"torch {torch.__version__} with {args.threads} thread(s), pyro {pyro.__version__}"
+        f"{cores}; torch {torch.__version__} with {args.threads} thread(s), "
+        f"pyro {pyro.__version__}"
         + (f", numpyro {__import__('numpyro').__version__}, jax {__import__('jax').__version__}"
            if with_numpyro else ", NumPyro not installed (d skipped)")
         + f", float64 everywhere; memory: {allocator}. The load column is the 1-minute load "
