@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable
 
 __all__ = ["tune_allocator"]
 
@@ -60,7 +61,8 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD,
     Raises
     ------
     ValueError
-        If a threshold is not a positive integer or ``mmap_threshold`` exceeds 32 MiB.
+        If a threshold is not a positive integer, ``mmap_threshold`` exceeds 32 MiB or
+        ``trim_threshold`` does not fit a C int (2**31 bytes or more).
     """
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -85,7 +87,7 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD,
                 and mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
-def _glibc_mallopt():
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
     """glibc's ``mallopt``, or None where the C library is not glibc."""
     if not hasattr(os, "confstr"):
         return None

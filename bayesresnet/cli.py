@@ -680,4 +680,3 @@ def console(argv: Sequence[str] | None = None) -> int:
     """
     tune_allocator()
     return main(argv)
-
