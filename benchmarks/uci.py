@@ -805,7 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="root of the UCI folders (default: $BAYESRESNET_DATA, else "
                              "../shared/data/uci beside the repository)")
     parser.add_argument("--datasets", nargs="+", default=None,
-                        help="data-set folder names (default: every one under the data root)")
+                        help="data-set folder names to run (default: every one under the data "
+                             "root); the report covers every data set in the results file, "
+                             "except with --report-only, where this selects them")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="methods to run (they run in the order ensemble, meanfield, "
                              "lowrank, nuts)")
@@ -910,7 +912,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  threads=args.threads, progress=not args.no_progress,
                                  executor=executor)
     records = load_results(results)
-    datasets = args.datasets
+    # After a run the report covers every data set in the results file, so a run on a subset
+    # does not shrink the shared report; --report-only --datasets ... selects what it shows.
+    datasets = args.datasets if args.report_only else None
     command = "python benchmarks/uci.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = render_report(config, records, published, datasets=datasets, command=command)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,16 @@ def test_runner_writes_one_line_per_unit_and_a_rerun_does_nothing(bench, data_ro
     assert "0 to run" in capsys.readouterr().err
     assert results.read_text().splitlines() == lines
 
+    # A run on one data set still reports every data set of the results file; --report-only
+    # with --datasets shows just those.
+    other = dict(records[0], dataset="other")
+    with results.open("a") as handle:
+        handle.write(json.dumps(other) + "\n")
+    assert bench.main(argv) == 0
+    assert "## toy" in out.read_text() and "## other" in out.read_text()
+    assert bench.main(["--report-only", "--datasets", "toy", "--out", str(out)]) == 0
+    assert "## toy" in out.read_text() and "## other" not in out.read_text()
+
     # --report-only rebuilds the same report without fitting.
     out.unlink()
     assert bench.main([*argv, "--report-only"]) == 0
