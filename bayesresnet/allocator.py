@@ -6,8 +6,9 @@ UCI yacht, about forty 1.1 MB hidden-state tensors per gradient). glibc's ``mall
 two thresholds to such a program: it serves blocks above the *mmap threshold* with fresh
 ``mmap`` calls and hands the heap's free top back to the kernel once it exceeds the *trim
 threshold*. Either way the next step touches new pages, and the kernel zeroes each one on a
-page fault: about 1 300 faults per gradient on yacht, a fifth of its time
-(``benchmarks/nuts.py`` measures the sampler with and without).
+page fault: 1 000 to 2 000 faults per gradient on yacht. On idle cores that costs a few
+percent of a sampling run; beside another busy job, whose memory traffic slows the zeroing,
+about a sixth (``benchmarks/nuts.py --tune-allocator`` measures the sampler with it).
 
 Fixing both thresholds high keeps freed blocks in the heap, where the next step reuses them.
 The price is memory: the process keeps up to ``trim_threshold`` bytes of freed heap resident
