@@ -8,8 +8,8 @@ Commands
     table and the four predictive bands side by side, see
     :func:`bayesresnet.report.compare_report`) plus one full report per method in
     ``DIR/<method>/`` (``index.html`` and ``posterior.nc``), and the table as ``DIR/summary.csv``.
-    Timing (2 nearly idle cores, a fresh clone): 84-104 s of wall time with the fits in two
-    worker processes (``--jobs 2``, the default; NUTS 57-77 s beside the two VI fits and the
+    Timing (2 nearly idle cores, a fresh clone): 84-110 s of wall time with the fits in two
+    worker processes (``--jobs 2``, the default; NUTS 57-81 s beside the two VI fits and the
     ensemble, 20-29 s together), depending on the day's machine. Before VI's flat backend:
     108 s, and 159 s one after another (``--jobs 1``).
     The earlier settings (NUTS 300 + 300 iterations with trees of up to 127 steps, VI 3000 steps)
