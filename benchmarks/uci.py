@@ -10,8 +10,9 @@ is appended as one JSON line to the results file (flushed at once), keyed by dat
 split and the configuration's key, so an interrupted run resumes where it stopped and ``--quick``
 results never mix with full ones. The markdown report (mean and standard error over splits, the
 published rows beside ours, the targets) is rebuilt from the results file at the end, or alone
-with ``--report-only``; it shows every method of the configuration found there, so runs of
-different ``--methods`` sharing one results file all write the same, complete report.
+with ``--report-only``; it shows every data set and method of the configuration found there,
+so runs of different ``--datasets`` or ``--methods`` sharing one results file all write the same,
+complete report (``--report-only --datasets ...`` shows a subset).
 
 One default configuration per method, the same for every data set, is defined in
 :func:`default_config` and written into the report. Nothing in it was tuned on test splits.
