@@ -337,7 +337,7 @@ def _fit_quietly(model: Any, x: np.ndarray, y: np.ndarray, method: Any, seed: in
     import bayesresnet as brn
     from bayesresnet.diagnostics import ConvergenceWarning
 
-    brn.tune_allocator()
+    tune_allocator()
     with warnings.catch_warnings(), _threads(threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         return brn.fit(model, x, y, method=method, seed=seed, progress=False)
@@ -665,18 +665,8 @@ def console(argv: Sequence[str] | None = None) -> int:
     """Entry point of the installed ``bayesresnet`` command and of ``python -m bayesresnet``.
 
     The process is the command's own, so it fixes glibc's allocator thresholds first
-    (:func:`bayesresnet.tune_allocator`: freed tensors are reused instead of faulted in anew,
-    which speeds up sampling); then it runs :func:`main`.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Arguments without the program name (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        :func:`main`'s exit status.
+    (:func:`bayesresnet.tune_allocator`: freed tensors are reused instead of faulted in anew);
+    then it runs :func:`main` on ``argv`` and returns its exit status.
     """
     tune_allocator()
     return main(argv)

@@ -47,38 +47,36 @@ def test_tuned_allocator_reuses_freed_tensors_instead_of_faulting_new_pages():
     assert _faults_per_round("plain") > bare / 2, bare
 
 
-def test_sets_both_thresholds_in_order(monkeypatch):
+@pytest.fixture
+def fake_mallopt(monkeypatch):
+    """Records mallopt calls instead of making them; the environment sets no thresholds."""
     calls = []
     monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: lambda *a: calls.append(a) or 1)
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
         monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def test_sets_both_thresholds_in_order(fake_mallopt):
     assert bayesresnet.tune_allocator(2**20, 2**28) is True
     # The mmap threshold first: M_MMAP_THRESHOLD is -3, M_TRIM_THRESHOLD -1 in <malloc.h>.
-    assert calls == [(-3, 2**20), (-1, 2**28)]
+    assert fake_mallopt == [(-3, 2**20), (-1, 2**28)]
 
 
 @pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "1000000"},
                                  {"MALLOC_MMAP_THRESHOLD_": "1000000"},
                                  {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}])
-def test_leaves_thresholds_the_environment_sets(monkeypatch, env):
-    calls = []
-    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: lambda *a: calls.append(a) or 1)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
-        monkeypatch.delenv(name, raising=False)
+def test_leaves_thresholds_the_environment_sets(monkeypatch, fake_mallopt, env):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert bayesresnet.tune_allocator() is False
-    assert calls == []
+    assert fake_mallopt == []
 
 
-def test_other_glibc_tunables_do_not_stop_it(monkeypatch):
-    calls = []
-    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: lambda *a: calls.append(a) or 1)
+def test_other_glibc_tunables_do_not_stop_it(monkeypatch, fake_mallopt):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert bayesresnet.tune_allocator() is True
-    assert len(calls) == 2
+    assert len(fake_mallopt) == 2
 
 
 def test_without_glibc_nothing_changes(monkeypatch):
@@ -86,10 +84,8 @@ def test_without_glibc_nothing_changes(monkeypatch):
     assert bayesresnet.tune_allocator() is False
 
 
-def test_a_refused_threshold_reports_false(monkeypatch):
+def test_a_refused_threshold_reports_false(monkeypatch, fake_mallopt):
     monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: lambda *a: 0)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
-        monkeypatch.delenv(name, raising=False)
     assert bayesresnet.tune_allocator() is False
 
 
