@@ -5,7 +5,8 @@ from ._version import __version__
 from .allocator import tune_allocator
 from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
 from .diagnostics import ConvergenceWarning, Diagnostics
-from .export import PosteriorFileError, compare, load
+from .convert import compare
+from .fileformat import PosteriorFileError, load
 from .inference import MAP, NUTS, Ensemble, LowRank, MeanField, UnitFailedError, fit
 from .model import BayesianResNet
 from .ode import stiffness
@@ -48,3 +49,12 @@ __all__ = [
     "stiffness",
     "tune_allocator",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The scikit-learn estimator imports sklearn (an optional extra): only when asked for.
+    if name == "BayesianResNetRegressor":
+        from .estimator import BayesianResNetRegressor
+
+        return BayesianResNetRegressor
+    raise AttributeError(f"module 'bayesresnet' has no attribute {name!r}")

@@ -44,6 +44,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .arviz_compat import draws_dataset, ess, psislw
+from .arviz_compat import rhat as compat_rhat
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -204,15 +207,10 @@ def psis_khat(log_weights: Any) -> float:
         k-hat; above 0.7 the importance-weighted estimates are unreliable (Yao et al. 2018).
         ``inf`` when too few draws fall in the tail to fit it (fewer than ~25 draws).
     """
-    import arviz as az
-
     log_weights = np.array(log_weights, dtype=np.float64).reshape(-1)
     if log_weights.size < 2 or not np.isfinite(log_weights).all():
         raise ValueError("log_weights must hold at least 2 finite values")
-    with warnings.catch_warnings():
-        # ArviZ warns about k-hat > 0.7 itself; the caller judges the value.
-        warnings.simplefilter("ignore", UserWarning)
-        _, khat = az.psislw(log_weights, reff=1.0)
+    _, khat = psislw(log_weights, reff=1.0)
     return float(khat)
 
 
@@ -255,12 +253,10 @@ def trend_ratio(history: Any, fraction: float = 0.1) -> float:
 # ---------------------------------------------------------------------------------- per method
 def _function_values(posterior: Posterior) -> np.ndarray:
     """f at (up to MAX_FUNCTION_POINTS) training inputs, (chain, draw, points, out_dim)."""
-    from .export import _evaluate
-
     x = posterior.x_train
     if x.shape[0] > MAX_FUNCTION_POINTS:
         x = x[np.linspace(0, x.shape[0] - 1, MAX_FUNCTION_POINTS).round().astype(int)]
-    loc, _, _ = _evaluate(posterior, torch.as_tensor(x), None)
+    loc, _, _ = posterior.evaluate(x)
     return loc.numpy()
 
 
@@ -291,17 +287,10 @@ def _worst(dataset: Any, largest: bool) -> tuple[float, str]:
 
 
 def _diagnose_nuts(posterior: Posterior, diag: Diagnostics) -> None:
-    import arviz as az
-
     chains, draws = diag.shape
-    quantities = az.convert_to_dataset(_identifiable(posterior))
-    with warnings.catch_warnings():
-        # Short chains make ArviZ warn; the thresholds below report it.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = az.rhat(quantities, method="rank")
-        bulk = az.ess(quantities, method="bulk")
-        tail = az.ess(quantities, method="tail")
+    quantities = draws_dataset(_identifiable(posterior))
+    rhat, bulk, tail = (compat_rhat(quantities), ess(quantities, "bulk"),
+                        ess(quantities, "tail"))
     diag.details["rhat"], diag.details["ess_bulk"], diag.details["ess_tail"] = rhat, bulk, tail
     value, where = _worst(rhat, largest=True)
     diag._add("max R-hat", value, "<", RHAT_MAX,
@@ -395,8 +384,6 @@ def _diagnose_vi(posterior: Posterior, diag: Diagnostics) -> None:
 
 
 def _diagnose_ensemble(posterior: Posterior, diag: Diagnostics, single: bool) -> None:
-    from .export import _evaluate
-
     if "loss" in posterior.stats:
         loss = _numpy(posterior.stats["loss"])
         _add_trend(diag, loss.reshape(loss.shape[0], -1), "loss")
@@ -410,7 +397,7 @@ def _diagnose_ensemble(posterior: Posterior, diag: Diagnostics, single: bool) ->
     if members < 2:
         diag.notes.append("an ensemble of one member quantifies no model uncertainty")
         return
-    loc, scale, _ = _evaluate(posterior, torch.as_tensor(posterior.x_train), None)
+    loc, scale, _ = posterior.evaluate(posterior.x_train)
     f = loc.reshape(members, *loc.shape[2:]).numpy()
     spread = float(f.std(axis=0, ddof=1).mean())
     noise = float(scale.mean())
@@ -442,13 +429,14 @@ def diagnose(posterior: Posterior) -> Diagnostics:
         raise ValueError(f"posterior must be a bayesresnet Posterior, got "
                          f"{type(posterior).__name__}")
     name = posterior.method.name
+    kind = getattr(posterior.method, "kind", None)
     diag = Diagnostics(name, (posterior.num_chains, posterior.num_draws))
-    if name == "nuts":
+    if kind == "mcmc":
         _diagnose_nuts(posterior, diag)
-    elif name in ("meanfield", "lowrank"):
+    elif kind == "variational":
         _diagnose_vi(posterior, diag)
-    elif name in ("ensemble", "map"):
-        _diagnose_ensemble(posterior, diag, single=name == "map")
+    elif kind in ("ensemble", "optimization"):
+        _diagnose_ensemble(posterior, diag, single=kind == "optimization")
     else:
         diag.notes.append(f"no convergence checks are defined for method {name!r}")
     return diag

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
     from .inference.base import InferenceMethod
 
-__all__ = ["Posterior", "Prediction", "as_float_tensor", "check_inputs"]
+__all__ = ["Posterior", "Prediction", "as_float_tensor", "check_inputs", "column_names"]
 
 # Budget, in bytes, for the hidden states of one chunk of draws in a batched forward pass. Small
 # enough for a CPU's L2 cache: with 1000 draws, chunks of this size ran about twice as fast as
@@ -33,12 +34,27 @@ def draws_per_chunk(net: Any, num_inputs: int, total: int) -> int:
 
 
 def as_float_tensor(values: Any, name: str) -> Tensor:
-    """A float64 CPU tensor from a NumPy array, tensor or nested list, with clear errors."""
+    """A float64 CPU tensor from a NumPy array, tensor or nested list, with clear errors.
+
+    Masked arrays with masked entries and tensors without data (the ``meta`` device) raise a
+    ValueError naming ``name``; sparse tensors are made dense.
+    """
     if isinstance(values, Tensor):
+        if values.device.type == "meta":
+            raise ValueError(f"{name} is a tensor on the 'meta' device, which holds no values")
         if values.is_complex() or not (values.is_floating_point() or values.dtype in (
                 torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)):
             raise ValueError(f"{name} must be real numbers, got dtype {values.dtype}")
+        if values.layout != torch.strided:
+            values = values.to_dense()
         return values.detach().to(device="cpu", dtype=torch.float64)
+    if isinstance(values, np.ma.MaskedArray):
+        masked = int(np.ma.getmaskarray(values).sum())
+        if masked:
+            raise ValueError(f"{name} is a masked array with {masked} masked "
+                             f"entr{'y' if masked == 1 else 'ies'}; drop those rows or fill "
+                             f"them (e.g. with {name}.filled(value)) first")
+        values = values.data
     array = np.asarray(values)
     if array.dtype.kind not in "fiub":
         raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
@@ -59,6 +75,30 @@ def check_inputs(x: Any, in_dim: int, name: str = "x") -> Tensor:
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf values")
     return x
+
+
+def column_names(values: Any) -> list[str] | None:
+    """Column names of a pandas ``DataFrame`` (or the name of a ``Series``), else None."""
+    columns = getattr(values, "columns", None)
+    if columns is not None and type(values).__name__ == "DataFrame":
+        return [str(c) for c in columns]
+    name = getattr(values, "name", None)
+    if type(values).__name__ == "Series" and name is not None:
+        return [str(name)]
+    return None
+
+
+def _checked_names(names: Any, count: int, what: str) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{what} must be a list of strings, got {names!r}")
+    names = list(names)
+    if len(names) != count:
+        raise ValueError(f"{what} has {len(names)} names for {count} columns")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} has duplicate names: {names}")
+    return names
 
 
 def _mixture_quantile(loc: Tensor, scale: Tensor, q: float, iterations: int = 60) -> Tensor:
@@ -102,10 +142,17 @@ class Prediction:
     """
 
     def __init__(self, f_samples: Tensor, noise_scale: Tensor, generator: torch.Generator,
-                 x: np.ndarray | None = None) -> None:
+                 x: np.ndarray | None = None, *, chains: int = 1,
+                 input_names: list[str] | None = None,
+                 output_names: list[str] | None = None) -> None:
+        if chains < 1 or f_samples.shape[0] % chains:
+            raise ValueError(f"{f_samples.shape[0]} draws cannot be split into {chains} chains")
         self._loc = f_samples
         self._scale = noise_scale
         self.x = x
+        self.num_chains = int(chains)
+        self.input_names = None if input_names is None else list(input_names)
+        self.output_names = None if output_names is None else list(output_names)
         self.f_samples = f_samples.numpy()
         self.noise_scale = noise_scale.numpy()
         eps = torch.randn(f_samples.shape, generator=generator, dtype=f_samples.dtype)
@@ -133,20 +180,31 @@ class Prediction:
         -------
         lower, upper : ndarrays (N, out_dim)
         """
-        if not (isinstance(level, (int, float)) and 0 < level < 1):
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        if isinstance(level, (bool, np.bool_)) or not isinstance(
+                level, (int, float, np.integer, np.floating)) or not 0 < float(level) < 1:
+            raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+        level = float(level)
         if level not in self._intervals:
             tail = (1.0 - level) / 2.0
-            self._intervals[level] = (_mixture_quantile(self._loc, self._scale, tail).numpy(),
-                                      _mixture_quantile(self._loc, self._scale, 1.0 - tail).numpy())
+            bounds = (_mixture_quantile(self._loc, self._scale, tail).numpy(),
+                      _mixture_quantile(self._loc, self._scale, 1.0 - tail).numpy())
+            if not all(np.isfinite(bound).all() for bound in bounds):
+                raise ValueError(f"the {level} predictive interval is not finite: the "
+                                 "predictive scales overflow float64")
+            self._intervals[level] = bounds
         lower, upper = self._intervals[level]
         return lower.copy(), upper.copy()
 
     def quantile(self, q: float) -> np.ndarray:
         """Predictive quantile q in (0, 1), shape (N, out_dim)."""
-        if not (isinstance(q, (int, float)) and 0 < q < 1):
-            raise ValueError(f"q must be in (0, 1), got {q!r}")
-        return _mixture_quantile(self._loc, self._scale, q).numpy()
+        if isinstance(q, (bool, np.bool_)) or not isinstance(
+                q, (int, float, np.integer, np.floating)) or not 0 < float(q) < 1:
+            raise ValueError(f"q must be a number in (0, 1), got {q!r}")
+        quantile = _mixture_quantile(self._loc, self._scale, float(q)).numpy()
+        if not np.isfinite(quantile).all():
+            raise ValueError(f"the {float(q)} predictive quantile is not finite: the predictive "
+                             "scales overflow float64")
+        return quantile
 
     def log_density(self, y: Any) -> np.ndarray:
         """Log predictive density of observations y (N,) or (N, out_dim), per point, shape (N,).
@@ -164,23 +222,52 @@ class Prediction:
         return (torch.logsumexp(logp, 0) - math.log(self.num_draws)).numpy()
 
     def to_xarray(self) -> xr.Dataset:
-        """The prediction as an ``xarray.Dataset`` with dims (draw, obs, output)."""
+        """The prediction as an ``xarray.Dataset``, with the dim names of the ArviZ export.
+
+        Returns
+        -------
+        xarray.Dataset
+            Dims ``chain``, ``draw``, ``pred_id`` (the N points) and ``output``; ``input`` for
+            the inputs. Variables: ``f`` and ``obs`` (chain, draw, pred_id, output), the draws of
+            the network mean and of new observations (as ``predictions`` in
+            :meth:`Posterior.to_arviz`); ``noise_scale`` (chain, draw, pred_id, output);
+            ``mean``, ``std``, ``epistemic_std``, ``aleatoric_std``, ``lower_95``, ``upper_95``
+            (pred_id, output); and ``x`` (pred_id, input), the inputs, when known. The
+            ``input`` and ``output`` coordinates are the feature and target names where the
+            training data had them (pandas columns, CSV headers), else 0, 1, ... When the
+            prediction used a random subset of draws (``predict(num_draws=...)``), the subset
+            is one chain.
+        """
         import xarray as xr
 
-        dims = ("obs", "output")
+        n, k = self.mean.shape
+        chains = self.num_chains
+        draws = self.num_draws // chains
+        sample_dims = ("chain", "draw", "pred_id", "output")
+        point_dims = ("pred_id", "output")
+
+        def by_chain(values: np.ndarray) -> np.ndarray:
+            return values.reshape(chains, draws, n, k)
+
         lower, upper = self.interval(0.95)
         data = {
-            "mean": (dims, self.mean),
-            "std": (dims, self.std),
-            "epistemic_std": (dims, self.epistemic_std),
-            "aleatoric_std": (dims, self.aleatoric_std),
-            "lower_95": (dims, lower),
-            "upper_95": (dims, upper),
-            "f_samples": (("draw", *dims), self.f_samples),
-            "samples": (("draw", *dims), self.samples),
+            "f": (sample_dims, by_chain(self.f_samples)),
+            "obs": (sample_dims, by_chain(self.samples)),
+            "noise_scale": (sample_dims, by_chain(self.noise_scale)),
+            "mean": (point_dims, self.mean),
+            "std": (point_dims, self.std),
+            "epistemic_std": (point_dims, self.epistemic_std),
+            "aleatoric_std": (point_dims, self.aleatoric_std),
+            "lower_95": (point_dims, lower),
+            "upper_95": (point_dims, upper),
         }
-        coords = {"obs": np.arange(self.mean.shape[0]), "output": np.arange(self.mean.shape[1]),
-                  "draw": np.arange(self.num_draws)}
+        coords: dict[str, Any] = {
+            "chain": np.arange(chains), "draw": np.arange(draws), "pred_id": np.arange(n),
+            "output": self.output_names if self.output_names is not None else np.arange(k)}
+        if self.x is not None:
+            data["x"] = (("pred_id", "input"), np.asarray(self.x))
+            coords["input"] = (self.input_names if self.input_names is not None
+                               else np.arange(np.asarray(self.x).shape[1]))
         return xr.Dataset(data, coords=coords)
 
     def __repr__(self) -> str:
@@ -210,12 +297,17 @@ class Posterior:
         Training data in original units.
     extra : dict
         Method-specific extras (e.g. fitted guide parameters).
+    feature_names, target_names : list of str or None
+        Names of the input and output columns where the training data had them (pandas
+        columns, CSV headers); they label the ``input`` and ``output`` coordinates of exports.
     """
 
     def __init__(self, model: BayesianResNet, draws: Mapping[str, Tensor], stats: Mapping[str, Any],
                  method: InferenceMethod, x_scaler: Standardizer, y_scaler: Standardizer,
                  seed: int, fit_seconds: float, x_train: np.ndarray, y_train: np.ndarray,
-                 extra: Mapping[str, Any] | None = None) -> None:
+                 extra: Mapping[str, Any] | None = None, *,
+                 feature_names: list[str] | None = None,
+                 target_names: list[str] | None = None) -> None:
         missing = [name for name in model.latent_sites if name not in draws]
         if missing:
             raise ValueError(f"draws are missing latent sites {missing}")
@@ -230,6 +322,8 @@ class Posterior:
         self.x_train = np.asarray(x_train, dtype=np.float64)
         self.y_train = np.asarray(y_train, dtype=np.float64).reshape(len(self.x_train), -1)
         self.extra = dict(extra or {})
+        self.feature_names = _checked_names(feature_names, model.in_dim, "feature_names")
+        self.target_names = _checked_names(target_names, model.out_dim, "target_names")
 
     @property
     def num_chains(self) -> int:
@@ -245,15 +339,21 @@ class Posterior:
         """Draws with (chain, draw) merged into one axis of length M, optionally thinned.
 
         With ``num_draws`` < total, a random subset of that size is taken (without
-        replacement, reproducibly from ``seed``).
+        replacement, reproducibly from ``seed``, an integer in [0, 2**63 - 1]; default: the
+        fit's seed); with ``num_draws`` >= total, all draws.
         """
+        from .inference.base import check_seed
+
+        if num_draws is not None and (isinstance(num_draws, (bool, np.bool_)) or not isinstance(
+                num_draws, (int, np.integer)) or num_draws < 1):
+            raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
+        seed = None if seed is None else check_seed(seed)
         total = self.num_chains * self.num_draws
         flat = {k: v.reshape((total, *v.shape[2:])) for k, v in self.draws.items()}
         if num_draws is None or num_draws >= total:
             return flat
-        if num_draws < 1:
-            raise ValueError(f"num_draws must be a positive integer, got {num_draws}")
-        generator = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
+        generator = torch.Generator().manual_seed(
+            check_seed(self.seed, "Posterior.seed") if seed is None else seed)
         index = torch.randperm(total, generator=generator)[:num_draws].sort().values
         return {k: v[index] for k, v in flat.items()}
 
@@ -279,34 +379,140 @@ class Posterior:
         x : array (N, in_dim)
             Inputs in original units.
         num_draws : int, optional
-            Use a random subset of this many posterior draws (default: all).
+            Use a random subset of this many posterior draws (default: all). Asking for more
+            draws than the posterior has uses all of them, with a warning.
         seed : int, optional
             Seeds the subset and the observation noise of ``Prediction.samples``
-            (default: the fit's seed).
+            (default: the fit's seed); an integer in [0, 2**63 - 1].
 
         Returns
         -------
         Prediction
+
+        Raises
+        ------
+        ValueError
+            For invalid inputs, ``num_draws`` or ``seed``, and when the predictive mean or
+            scale is not finite in float64 (inputs, or the data scaling, too large).
         """
+        from .inference.base import check_seed
+
         x = check_inputs(x, self.model.in_dim)
+        seed = check_seed(self.seed, "Posterior.seed") if seed is None else check_seed(seed)
         x_std = self.x_scaler.transform(x)
         values = self.flat_draws(num_draws, seed)
+        total = self.num_chains * self.num_draws
+        if num_draws is not None and num_draws > total:
+            warnings.warn(f"{num_draws} draws were asked for but the posterior has {total}; "
+                          f"using all {total}", UserWarning, stacklevel=2)
         loc, scale = self._loc_scale(values, x_std)
         f_samples = self.y_scaler.inverse_transform(loc)
         noise = self.y_scaler.inverse_scale(scale)
-        generator = torch.Generator().manual_seed((self.seed if seed is None else int(seed)) + 1)
-        return Prediction(f_samples, noise, generator, x=x.numpy())
+
+        def overflow() -> ValueError:
+            return ValueError(
+                "the predictive mean or scale is not finite in float64: the inputs or the data "
+                f"scaling overflowed (largest |x| {float(x.abs().max()):.3g}, output scale "
+                f"{np.asarray(self.y_scaler.std).tolist()}); rescale the data")
+
+        if not (torch.isfinite(f_samples).all() and torch.isfinite(noise).all()):
+            raise overflow()
+        generator = torch.Generator().manual_seed(seed + 1)
+        chains = self.num_chains if next(iter(values.values())).shape[0] == total else 1
+        with np.errstate(over="ignore", invalid="ignore"):
+            prediction = Prediction(f_samples, noise, generator, x=x.numpy(), chains=chains,
+                                    input_names=self.feature_names,
+                                    output_names=self.target_names)
+        if not all(np.isfinite(array).all() for array in (
+                prediction.mean, prediction.std, prediction.samples)):
+            raise overflow()
+        return prediction
+
+    def evaluate(self, x: Any, y: Any = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Network mean, noise scale and pointwise log-likelihood of every draw, original units.
+
+        The one path that evaluates all draws (chunked to stay in cache); predictions, the
+        ArviZ export and the diagnostics use it.
+
+        Parameters
+        ----------
+        x : array (N, in_dim)
+            Inputs in original units.
+        y : array (N,) or (N, out_dim), optional
+            Observations in original units.
+
+        Returns
+        -------
+        loc, scale : tensors (chain, draw, N, out_dim)
+            Mean and standard deviation of the Gaussian observation model of each draw.
+        log_likelihood : tensor (chain, draw, N, out_dim) or None
+            ``log N(y_ij | loc, scale^2)`` per observation and output, in original units (the
+            log density of the standardized value minus the log of the output's scale); None
+            without ``y``.
+        """
+        x = check_inputs(x, self.model.in_dim)
+        values = self.flat_draws()
+        loc, scale = self._loc_scale(values, self.x_scaler.transform(x))
+        n, k = x.shape[0], self.model.out_dim
+        shape = (self.num_chains, self.num_draws, n, k)
+        loc = self.y_scaler.inverse_transform(loc).reshape(shape)
+        scale = self.y_scaler.inverse_scale(scale).reshape(shape)
+        if y is None:
+            return loc, scale, None
+        y = as_float_tensor(y, "y")
+        if y.dim() == 1:
+            y = y.unsqueeze(-1)
+        if tuple(y.shape) != (n, k):
+            raise ValueError(f"y must have shape ({n},) or ({n}, {k}) to match x, got "
+                             f"{tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            raise ValueError("y contains NaN or inf values")
+        z = (y - loc) / scale
+        log_likelihood = -0.5 * z * z - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+        return loc, scale, log_likelihood
+
+    def summary(self, var_names: list[str] | None = None, **kwargs: Any) -> Any:
+        """ArviZ's summary table of the identifiable quantities.
+
+        The network's raw coefficients are not identifiable (permutation and sign symmetries
+        of the hidden units), so their R-hat and ESS say nothing about convergence. By default
+        the table lists what is: ``f`` (the network mean at the training inputs, original
+        units), the ``noise`` and the prior's hyperparameters (sites ending in ``_scale``).
+
+        Parameters
+        ----------
+        var_names : list of str, optional
+            Variables of the ``posterior`` group to list instead (raw sites included).
+        **kwargs
+            Passed to ``arviz.summary``.
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        from .arviz_compat import import_arviz
+
+        data = self.to_arviz(predictive=False, prior=False)
+        if var_names is None:
+            var_names = [name for name, value in self.draws.items() if name == "noise"
+                         or (name.endswith("_scale") and value.dim() == 2)] + ["f"]
+        return import_arviz().summary(data, var_names=var_names, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Posterior(method={self.method.name}, chains={self.num_chains}, "
                 f"draws={self.num_draws}, params={self.model.dim}, "
                 f"fit_seconds={self.fit_seconds:.1f})")
 
-    def to_arviz(self, x_new: Any = None, y_new: Any = None, predictive: bool = True) -> Any:
-        """The posterior as an ``arviz.InferenceData``; see :func:`bayesresnet.export.to_arviz`."""
-        from .export import to_arviz
+    def to_arviz(self, x_new: Any = None, y_new: Any = None, predictive: bool = True,
+                 prior: bool = True, prior_draws: int = 500) -> Any:
+        """The run as ArviZ data (``InferenceData`` on ArviZ 0.x, ``DataTree`` on 1.x).
 
-        return to_arviz(self, x_new=x_new, y_new=y_new, predictive=predictive)
+        See :func:`bayesresnet.convert.to_arviz` for the groups, dims and units.
+        """
+        from .convert import to_arviz
+
+        return to_arviz(self, x_new=x_new, y_new=y_new, predictive=predictive, prior=prior,
+                        prior_draws=prior_draws)
 
     def diagnose(self) -> Any:
         """Convergence checks for this run; see :func:`bayesresnet.diagnostics.diagnose`."""
@@ -315,7 +521,7 @@ class Posterior:
         return diagnose(self)
 
     def save(self, path: Any) -> Any:
-        """Write this posterior to one netCDF file; see :func:`bayesresnet.export.save`."""
-        from .export import save
+        """Write this posterior to one netCDF file; see :func:`bayesresnet.fileformat.save`."""
+        from .fileformat import save
 
         return save(self, path)

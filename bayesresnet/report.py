@@ -48,6 +48,8 @@ import numpy as np
 import torch
 
 from . import metrics
+from .arviz_compat import draws_dataset, ess
+from .arviz_compat import rhat as compat_rhat
 from .posterior import Posterior, Prediction, as_float_tensor, check_inputs
 
 __all__ = ["SECTIONS", "compare_report", "report", "summary_rows"]
@@ -183,19 +185,6 @@ def _png(fig: Any) -> str:
     return f'<img alt="figure" src="data:image/png;base64,{data}">'
 
 
-@contextlib.contextmanager
-def _quiet_arviz() -> Iterator[None]:
-    """Silence ArviZ's warnings about short or single chains (the diagnostics table judges
-    those) and its use of deprecated matplotlib internals; only while it draws."""
-    from matplotlib import MatplotlibDeprecationWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", MatplotlibDeprecationWarning)
-        yield
-
-
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
@@ -272,77 +261,126 @@ def _point_label(x: np.ndarray, index: int) -> str:
     return f"train point {index}"
 
 
-def _trace_quantities(posterior: Posterior, idata: Any) -> dict[str, np.ndarray]:
+def _trace_quantities(posterior: Posterior) -> dict[str, np.ndarray]:
     """Scalar quantities (chain, draw) to trace: noise scale(s) and f at a few inputs, all in
     original units (the model's noise site is in standardized units)."""
     out_dim = posterior.model.out_dim
     quantities: dict[str, np.ndarray] = {}
-    if "noise" in idata.posterior and idata.posterior["noise"].shape[2:] == (out_dim,):
-        noise = np.asarray(idata.posterior["noise"].values) * posterior.y_scaler.std
+    noise = posterior.draws.get("noise")
+    if noise is not None and tuple(noise.shape[2:]) == (out_dim,):
+        scaled = noise.numpy() * posterior.y_scaler.std
         for j in range(min(out_dim, _TRACE_OUTPUTS)):
-            quantities["noise" if out_dim == 1 else f"noise[{j}]"] = noise[..., j]
-    f = np.asarray(idata.posterior["f"].values)  # (chain, draw, obs, output)
-    for i in _trace_points(posterior.x_train):
+            quantities["noise" if out_dim == 1 else f"noise[{j}]"] = scaled[..., j]
+    points = _trace_points(posterior.x_train)
+    f, _, _ = posterior.evaluate(posterior.x_train[points])  # (chain, draw, point, output)
+    for column, i in enumerate(points):
         label = _point_label(posterior.x_train, int(i))
         for j in range(min(out_dim, _TRACE_OUTPUTS)):
             name = f"f({label})" if out_dim == 1 else f"f{j}({label})"
-            quantities[name] = f[:, :, i, j]
+            quantities[name] = f[:, :, column, j].numpy()
     return quantities
 
 
-def _trace_section(posterior: Posterior, idata: Any) -> str | None:
-    import arviz as az
-
-    if posterior.num_chains * posterior.num_draws < 2:
-        return None
-    quantities = _trace_quantities(posterior, idata)
-    stats = None
-    if "diverging" in posterior.stats and posterior.num_draws > 1:
-        diverging = np.asarray(idata.sample_stats["diverging"].values).astype(bool)
-        stats = {"diverging": diverging}
-    data = az.from_dict(posterior=quantities, sample_stats=stats)
+def _density_and_trace(quantities: dict[str, np.ndarray],
+                       diverging: np.ndarray | None) -> str:
+    """Per quantity: a histogram per chain (left) and the draws per chain (right)."""
     count = len(quantities)
-    parts = []
     fig = _figure(10, 1.9 * count)
     axes = np.array(fig.subplots(count, 2, squeeze=False))
-    with _quiet_arviz():
-        az.plot_trace(data, axes=axes, compact=False, show=False)
-    parts.append("<p>Traces (right) and marginal densities (left) of the noise scale and of "
-                 "the network mean f at a few training inputs (original units). The raw weights "
-                 "are not shown: the network's permutation and sign symmetries make them "
-                 "non-identifiable.</p>")
-    parts.append(_png(fig))
+    for row, (name, values) in enumerate(quantities.items()):
+        left, right = axes[row]
+        for chain, draws in enumerate(values):
+            color = f"C{chain % 10}"
+            left.hist(draws, bins=30, density=True, histtype="step", color=color)
+            right.plot(draws, lw=0.6, alpha=0.8, color=color)
+            if diverging is not None and diverging[chain].any():
+                steps = np.flatnonzero(diverging[chain])
+                right.plot(steps, draws[steps], "|", color="k", ms=6)
+        left.set_title(name, fontsize=9)
+        right.set_title(name, fontsize=9)
+        right.set_xlabel("draw" if row == count - 1 else "")
+    return _png(fig)
+
+
+def _rank_plot(quantities: dict[str, np.ndarray]) -> str:
+    """Per quantity: a histogram of each chain's ranks among all draws (flat when mixed)."""
+    count = len(quantities)
+    fig = _figure(10, 2.0 * math.ceil(count / 2))
+    axes = np.array(fig.subplots(math.ceil(count / 2), 2, squeeze=False)).reshape(-1)
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    for ax, (name, values) in zip(axes, quantities.items(), strict=False):
+        chains, draws = values.shape
+        ranks = values.reshape(-1).argsort(kind="stable").argsort(kind="stable")
+        ranks = ranks.reshape(chains, draws)
+        bins = np.linspace(0, chains * draws, min(20, max(draws // 5, 2)) + 1)
+        for chain in range(chains):
+            heights, _ = np.histogram(ranks[chain], bins=bins)
+            ax.stairs(heights + chain * heights.max() * 1.2, bins, color=f"C{chain % 10}",
+                      baseline=chain * heights.max() * 1.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_yticks([])
+    return _png(fig)
+
+
+def _summary_rows(quantities: dict[str, np.ndarray], chains: int) -> tuple[list[str], list]:
+    dataset = draws_dataset(quantities)
+    bulk, tail = ess(dataset, "bulk"), ess(dataset, "tail")
+    header = ["quantity", "mean", "sd", "5%", "95%", "ess_bulk", "ess_tail"]
+    r_hat = compat_rhat(dataset) if chains > 1 else None
+    if r_hat is not None:
+        header.append("r_hat")
+    rows = []
+    for name, values in quantities.items():
+        flat = values.reshape(-1)
+        low, high = np.quantile(flat, [0.05, 0.95])
+        row = [name, float(flat.mean()), float(flat.std(ddof=1)), float(low), float(high),
+               float(bulk[name]), float(tail[name])]
+        if r_hat is not None:
+            row.append(float(r_hat[name]))
+        rows.append(tuple(row))
+    return header, rows
+
+
+def _trace_section(posterior: Posterior) -> str | None:
+    if posterior.num_chains * posterior.num_draws < 2:
+        return None
+    quantities = _trace_quantities(posterior)
+    diverging = None
+    if "diverging" in posterior.stats and posterior.num_draws > 1:
+        diverging = _numpy(posterior.stats["diverging"]).astype(bool).reshape(
+            posterior.num_chains, posterior.num_draws)
+    parts = ["<p>Marginal densities per chain (left) and traces (right; divergent transitions "
+             "marked) of the noise scale and of the network mean f at a few training inputs "
+             "(original units). The raw weights are not shown: the network's permutation and "
+             "sign symmetries make them non-identifiable.</p>",
+             _density_and_trace(quantities, diverging)]
     if posterior.num_chains > 1:
-        fig = _figure(10, 2.0 * math.ceil(count / 2))
-        axes = np.array(fig.subplots(math.ceil(count / 2), 2, squeeze=False)).reshape(-1)
-        for ax in axes[count:]:
-            ax.set_axis_off()
-        with _quiet_arviz():
-            az.plot_rank(data, ax=axes[:count], show=False)
         parts.append("<p>Rank plots: with well-mixed chains, each chain's histogram of ranks "
                      "is flat.</p>")
-        parts.append(_png(fig))
-    with _quiet_arviz():
-        kind = "all" if posterior.num_chains > 1 else "stats"
-        summary = az.summary(data, kind=kind)
-    header = ["quantity", *summary.columns]
-    rows = [(name, *(float(v) for v in values)) for name, values in
-            zip(summary.index, summary.to_numpy(), strict=True)]
+        parts.append(_rank_plot(quantities))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        header, rows = _summary_rows(quantities, posterior.num_chains)
     parts.append(_table(header, rows))
     return "\n".join(parts)
 
 
-def _energy_section(posterior: Posterior, idata: Any) -> str | None:
-    import arviz as az
-
-    if posterior.method.name != "nuts" or "energy" not in getattr(idata, "sample_stats", {}):
+def _energy_section(posterior: Posterior) -> str | None:
+    if posterior.method.kind != "mcmc" or "energy" not in posterior.stats:
         return None
     if posterior.num_draws < 3:
         return None
+    energy = _numpy(posterior.stats["energy"]).reshape(posterior.num_chains, -1)
+    centred = (energy - energy.mean(axis=1, keepdims=True)).reshape(-1)
+    changes = np.diff(energy, axis=1).reshape(-1)
     fig = _figure(6, 4)
     ax = fig.add_subplot()
-    with _quiet_arviz():
-        az.plot_energy(idata, ax=ax, show=False)
+    bins = np.histogram_bin_edges(np.concatenate([centred, changes]), bins=40)
+    ax.hist(centred, bins=bins, density=True, alpha=0.6, label="marginal energy (centred)")
+    ax.hist(changes, bins=bins, density=True, alpha=0.6, label="energy change between draws")
+    ax.legend(fontsize=8)
+    ax.set_xlabel("energy")
     return ("<p>Marginal energy distribution against the distribution of energy changes "
             "between draws: when the second is much narrower, the sampler explores the "
             "energy levels slowly (low E-BFMI) and may miss the tails.</p>" + _png(fig))
@@ -369,7 +407,7 @@ def _history_plot(history: np.ndarray, ylabel: str, title: str) -> str:
 
 
 def _elbo_section(posterior: Posterior) -> str | None:
-    if posterior.method.name not in ("meanfield", "lowrank") or "elbo" not in posterior.stats:
+    if posterior.method.kind != "variational" or "elbo" not in posterior.stats:
         return None
     elbo = _numpy(posterior.stats["elbo"]).reshape(-1, 1)
     return ("<p>Evidence lower bound per optimization step (one Monte Carlo estimate per step); "
@@ -378,7 +416,7 @@ def _elbo_section(posterior: Posterior) -> str | None:
 
 
 def _loss_section(posterior: Posterior) -> str | None:
-    if posterior.method.name not in ("ensemble", "map") or "loss" not in posterior.stats:
+    if posterior.method.kind not in ("ensemble", "optimization") or "loss" not in posterior.stats:
         return None
     loss = _numpy(posterior.stats["loss"])
     loss = loss.reshape(loss.shape[0], -1)
@@ -563,11 +601,10 @@ def report(posterior: Posterior, out_dir: str | os.PathLike, x_test: Any = None,
     out.mkdir(parents=True, exist_ok=True)
     posterior.save(out / "posterior.nc")
 
-    idata = posterior.to_arviz(predictive=False)
     sections: dict[str, str] = {"run": _run_section(posterior)}
     sections["diagnostics"], ok = _diagnostics_section(posterior)
-    for key, body in (("trace", _trace_section(posterior, idata)),
-                      ("energy", _energy_section(posterior, idata)),
+    for key, body in (("trace", _trace_section(posterior)),
+                      ("energy", _energy_section(posterior)),
                       ("elbo", _elbo_section(posterior)),
                       ("loss", _loss_section(posterior))):
         if body is not None:

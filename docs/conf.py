@@ -49,7 +49,9 @@ html_theme_options = {"description": "Bayesian weight-parameterized ResNets on P
 # Every cross-reference must resolve: a broken link to our own API fails the build. The only
 # targets outside these pages are the base classes that show-inheritance names.
 nitpicky = True
-nitpick_ignore = [("py:class", "abc.ABC"), ("py:class", "pyro.nn.module.PyroModule")]
+nitpick_ignore = [("py:class", "abc.ABC"), ("py:class", "pyro.nn.module.PyroModule"),
+                  ("py:class", "sklearn.base.BaseEstimator"),
+                  ("py:class", "sklearn.base.RegressorMixin")]
 
 
 # The docstrings write array shapes with a star for "any leading sample dimensions", as in

@@ -11,8 +11,11 @@ The default method is a deep ensemble (8 members), which fits in about a minute.
 of the target's spread), so its trajectories are long and a converged run takes far longer than
 the other methods.
 
-Data: ``--data-root`` (default: the ``BAYESRESNET_DATA`` environment variable, else
-``../shared/data/uci`` next to the repository), in the layout of :func:`bayesresnet.data.uci`.
+Data: ``--data-root ROOT``, in the layout of :func:`bayesresnet.data.uci`. Without it: the
+``BAYESRESNET_DATA`` environment variable, else ``../shared/data/uci`` next to the repository when
+it holds ``yacht``, else the copy that :func:`bayesresnet.data.uci` keeps in the user's cache,
+downloaded from the UCI repository on first use (about 11 kB; its numbers are checked against
+a pinned SHA-256).
 
 Usage::
 
@@ -44,15 +47,17 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         choices=["ensemble", "nuts", "meanfield", "lowrank", "map"],
                         help="inference method (default: %(default)s)")
     parser.add_argument("--data-root", type=Path, default=None,
-                        help="UCI data root (default: $BAYESRESNET_DATA or "
-                             "../shared/data/uci next to the repository)")
+                        help="UCI data root (default: $BAYESRESNET_DATA, else "
+                             "../shared/data/uci next to the repository, else a cached "
+                             "download from the UCI repository)")
 
 
-def data_root(given: Path | None) -> Path:
-    if given is not None:
+def data_root(given: Path | None) -> Path | None:
+    """The root to read yacht from; None lets ``brn.data.uci`` look (environment, cache, UCI)."""
+    if given is not None or os.environ.get(brn.data.DATA_ENV_VAR, ""):
         return given
-    env = os.environ.get(brn.data.DATA_ENV_VAR, "")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "uci"
+    shared = REPO.parent / "shared" / "data" / "uci"
+    return shared if (shared / "yacht").is_dir() else None
 
 
 def method_for(name: str, fast: bool) -> brn.inference.InferenceMethod:
@@ -72,12 +77,12 @@ def method_for(name: str, fast: bool) -> brn.inference.InferenceMethod:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, "uci_yacht_output", argv, extra=_options)
-    root = data_root(args.data_root)
-    if not (root / "yacht").is_dir():
-        raise SystemExit(f"uci_yacht.py: no yacht data under {root}; pass --data-root ROOT or "
-                         f"set {brn.data.DATA_ENV_VAR} (layout: ROOT/yacht/data.txt, ...)")
     start = time.perf_counter()
-    x, y, x_test, y_test = brn.data.uci("yacht", split=args.split, root=root)
+    try:
+        x, y, x_test, y_test = brn.data.uci("yacht", split=args.split,
+                                            root=data_root(args.data_root))
+    except FileNotFoundError as err:  # no local copy, and offline (DataUnavailableError)
+        raise SystemExit(f"uci_yacht.py: {err}") from None
     print(f"yacht split {args.split}: {len(x)} training and {len(x_test)} test rows, "
           f"{x.shape[1]} inputs")
     net = brn.ResNet(in_dim=x.shape[1], out_dim=1, width=16, depth=8, basis=brn.Cubic())

@@ -75,7 +75,8 @@ def test_calibration_curve_of_a_calibrated_prediction():
 def test_xarray_and_errors():
     pred = _prediction(np.zeros((5, 3, 2)), np.ones((5, 3, 2)))
     ds = pred.to_xarray()
-    assert ds["samples"].dims == ("draw", "obs", "output")
+    assert ds["obs"].dims == ("chain", "draw", "pred_id", "output")
+    np.testing.assert_array_equal(ds["obs"].values[0], pred.samples)
     assert ds["mean"].shape == (3, 2)
     with pytest.raises(ValueError, match="shape"):
         metrics.rmse(pred, np.zeros(3))

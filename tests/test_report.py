@@ -13,6 +13,8 @@ import bayesresnet as brn
 from bayesresnet.export import load
 from bayesresnet.report import SECTIONS, compare_report, summary_rows
 
+pytestmark = pytest.mark.arviz
+
 DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
 
 

@@ -144,8 +144,9 @@ def test_env_var_is_the_default_root_and_explicit_root_wins(tmp_path, monkeypatc
 
 def test_missing_root_errors_say_where_to_put_the_data(tmp_path, monkeypatch):
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
+    monkeypatch.setenv("BAYESRESNET_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match=f"pass root= or set {DATA_ENV_VAR}"):
-        uci("yacht")
+        uci("yacht", download=False)
     with pytest.raises(FileNotFoundError, match=r"index_features\.txt"):
         uci_names()
     with pytest.raises(FileNotFoundError, match="is not a folder"):

@@ -19,12 +19,15 @@ import torch
 from torch import Tensor
 
 from ..model import BayesianResNet
+from ..registry import register_method
 
 __all__ = [
+    "SEED_MAX",
     "InferenceMethod",
     "MethodResult",
     "check_positive_float",
     "check_positive_int",
+    "check_seed",
     "make_progress",
 ]
 
@@ -52,11 +55,35 @@ class MethodResult:
 class InferenceMethod(ABC):
     """Base class of the method configurations (``NUTS``, ``MeanField``, ...).
 
-    Subclasses are dataclasses; ``__post_init__`` validates settings that do not depend on the
-    model, :meth:`validate` those that do.
+    Subclasses are dataclasses; :meth:`check_settings` validates settings that do not depend
+    on the model (at construction, and again in :func:`bayesresnet.fit`, so settings changed
+    after construction are checked too), :meth:`validate` those that do.
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str]
+    """What the draws are, which says what MCMC diagnostics mean for them: ``"mcmc"`` (Markov
+    chains), ``"variational"`` (independent draws from a fitted approximation), ``"ensemble"``
+    (independently optimized members) or ``"optimization"`` (one point estimate)."""
+
+    thread_safe: ClassVar[bool] = False
+    """True when the method holds
+    :func:`~bayesresnet.inference.executor.global_state_lock` (with a private Pyro param store)
+    itself wherever it uses process-global state: Pyro's param store and handler stack, the
+    global torch RNG. :func:`bayesresnet.fit` runs other methods, e.g. one written elsewhere,
+    entirely under that lock with a private param store."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # concrete methods; abstract bases define no name
+            register_method(cls)
+
+    def __post_init__(self) -> None:
+        """Check the settings when a (dataclass) method is constructed."""
+        self.check_settings()
+
+    def check_settings(self) -> None:  # noqa: B027 (optional hook)
+        """Raise ValueError for settings that are invalid whatever the model (e.g. steps=0)."""
 
     def validate(self, model: BayesianResNet) -> None:  # noqa: B027 (optional hook)
         """Raise ValueError for settings that do not fit this model (e.g. rank > dim)."""
@@ -70,6 +97,35 @@ class InferenceMethod(ABC):
     def config(self) -> dict[str, Any]:
         """Settings as a JSON-able dict, with the method's ``name``."""
         return {"name": self.name, **dataclasses.asdict(self)}
+
+
+SEED_MAX = 2**63 - 1
+"""The largest seed :func:`bayesresnet.fit`, ``Posterior.predict`` and ``flat_draws`` accept.
+
+Seeds are integers in [0, 2**63 - 1]: every stream derived from one stays valid for
+``torch.Generator.manual_seed`` (which takes at most 2**64 - 1): ``seed + 1`` and the 32-bit
+``SeedSequence`` streams of :func:`~bayesresnet.inference.executor.derived_seed`. The range
+also fits a signed 64-bit integer, so a seed survives any file format."""
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as a Python int, or a ValueError naming ``name`` and the accepted range.
+
+    Parameters
+    ----------
+    seed : int or numpy integer
+        In [0, :data:`SEED_MAX`]; bools, floats (even integral ones) and strings are rejected.
+    name : str
+        What the seed is called in the error message.
+
+    Returns
+    -------
+    int
+    """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= int(seed) <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {seed!r}")
+    return int(seed)
 
 
 def check_positive_int(owner: str, name: str, value: Any) -> None:
@@ -103,5 +159,5 @@ def update_running_mean(bar: Any, history: np.ndarray, step: int, label: str) ->
 def seeded_generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``; independent of the global torch RNG."""
     generator = torch.Generator()
-    generator.manual_seed(int(seed))
+    generator.manual_seed(check_seed(seed))
     return generator

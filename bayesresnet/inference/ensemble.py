@@ -37,10 +37,19 @@ from .base import (
     MethodResult,
     check_positive_float,
     check_positive_int,
+    check_seed,
     make_progress,
     seeded_generator,
 )
-from .executor import Plan, WorkUnit, derived_seed, run_plan, span, split_range
+from .executor import (
+    Plan,
+    WorkUnit,
+    derived_seed,
+    global_state_lock,
+    run_plan,
+    span,
+    split_range,
+)
 from .optim import adam_maximize, map_objective
 
 __all__ = ["MAP", "Ensemble", "anchor_draws", "default_batch_size", "initial_points",
@@ -101,7 +110,9 @@ def anchor_draws(model: BayesianResNet, seed: int, members: int) -> dict[str, Te
     -------
     dict site -> tensor (members, *site_shape)
     """
-    draws = model.sample_prior(seed, (members,))
+    # sample_prior seeds and draws from the global torch RNG (inside fork_rng).
+    with global_state_lock():
+        draws = model.sample_prior(seed, (members,))
     return {name: draws[name] for name, site in model.latent_sites.items()
             if _is_zero_mean_normal(site.prior)}
 
@@ -300,8 +311,10 @@ class Ensemble(InferenceMethod):
     members_per_unit: int | None = None
 
     name: ClassVar[str] = "ensemble"
+    kind: ClassVar[str] = "ensemble"
+    thread_safe: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def check_settings(self) -> None:
         check_positive_int("Ensemble", "members", self.members)
         if self.members_per_unit is not None:
             check_positive_int("Ensemble", "members_per_unit", self.members_per_unit)
@@ -320,7 +333,7 @@ class Ensemble(InferenceMethod):
         """The run as independent member groups (one unit of work each) and their merge;
         running every unit and combining is exactly :meth:`run`."""
         self.validate(model)
-        return _plan(model, x, y, seed, members=self.members,
+        return _plan(model, x, y, check_seed(seed), members=self.members,
                      members_per_unit=self.members_per_unit, steps=self.steps, lr=self.lr,
                      anchored=bool(self.anchored), batch_size=self.batch_size,
                      stiffness_penalty=float(self.stiffness_penalty), title="Ensemble")
@@ -340,8 +353,10 @@ class MAP(InferenceMethod):
     stiffness_penalty: float = 0.0
 
     name: ClassVar[str] = "map"
+    kind: ClassVar[str] = "optimization"
+    thread_safe: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def check_settings(self) -> None:
         _check_common("MAP", self.steps, self.lr, self.batch_size, self.stiffness_penalty)
 
     def validate(self, model: BayesianResNet) -> None:
@@ -354,6 +369,6 @@ class MAP(InferenceMethod):
     def plan(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int) -> Plan:
         """The run as a single unit of work (see :meth:`Ensemble.plan`)."""
         self.validate(model)
-        return _plan(model, x, y, seed, members=1, members_per_unit=None, steps=self.steps,
-                     lr=self.lr, anchored=False, batch_size=self.batch_size,
+        return _plan(model, x, y, check_seed(seed), members=1, members_per_unit=None,
+                     steps=self.steps, lr=self.lr, anchored=False, batch_size=self.batch_size,
                      stiffness_penalty=float(self.stiffness_penalty), title="MAP")

@@ -8,14 +8,13 @@ import warnings
 from typing import Any
 
 import numpy as np
-import pyro
 
 from ..data import Standardizer
 from ..model import BayesianResNet
-from ..posterior import Posterior, as_float_tensor, check_inputs
-from .base import InferenceMethod
+from ..posterior import Posterior, as_float_tensor, check_inputs, column_names
+from .base import InferenceMethod, check_seed
 from .ensemble import MAP, Ensemble
-from .executor import plan_method, run_plan
+from .executor import plan_method, run_method, run_plan
 from .nuts import NUTS
 from .vi import LowRank, MeanField
 
@@ -72,8 +71,9 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
         ``"nuts"``, ``"meanfield"``, ``"lowrank"``, ``"ensemble"``, ``"map"``, or a configured
         object such as ``NUTS(chains=8)``.
     seed : int, optional
-        Seed of every random choice of the fit; drawn at random (and recorded in
-        ``Posterior.seed``) when None.
+        Seed of every random choice of the fit, an integer in [0, 2**63 - 1]
+        (:data:`~bayesresnet.inference.base.SEED_MAX`); drawn at random (and recorded in
+        ``Posterior.seed``) when None. See Notes.
     standardize : bool
         Standardize x and y on the training data; predictions are always returned in original
         units.
@@ -102,12 +102,42 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
 
     Raises
     ------
+    ValueError
+        For invalid data, settings (including settings of ``method`` changed after it was
+        constructed), or a seed outside [0, 2**63 - 1]; before any work is done.
     UnitFailedError
         With an executor, when a unit failed ``1 + retries`` times.
+
+    Notes
+    -----
+    **Seeds.** A fit's draws depend only on the data, the model, the method's settings and
+    ``seed``: the same seed gives the same draws, bit for bit, whether the fit runs alone, on an
+    executor, or at the same time as other fits. Every random stream of the fit is derived from
+    ``seed`` (private ``torch.Generator`` streams, ``numpy.random.SeedSequence``), and so are
+    the default streams of :meth:`~bayesresnet.Posterior.predict` (``seed + 1`` for the noise
+    of ``Prediction.samples``) and :meth:`~bayesresnet.Posterior.flat_draws`, which accept
+    their own seeds in the same range.
+
+    **Thread safety.** Fits may run concurrently in threads of one process (e.g. on a
+    ``ThreadPoolExecutor``) and give the same draws as when run one after another. The
+    ensembles, MAP, the ``'flat'`` VI backend and the ``'vectorized'`` NUTS backend touch no
+    process-global state and run in parallel. Pyro's param store and handler stack and the
+    global torch RNG are process globals, so the parts that use them, namely Pyro's SVI (VI
+    with ``backend='pyro'``), Pyro's MCMC (NUTS with ``backend='pyro'``) and prior draws
+    (``NUTS(init='prior')``, ``Ensemble(anchored=True)``), run one at a time, each under one
+    process-wide lock (:func:`~bayesresnet.inference.executor.global_state_lock`) with a
+    private, empty Pyro param store, and with the global torch RNG seeded for the fit and
+    restored afterwards. A method class of another package (not
+    :attr:`~bayesresnet.inference.base.InferenceMethod.thread_safe`) runs entirely under that
+    lock. The caller's Pyro param store and torch RNG state are left as they were, and no fit
+    changes torch's default dtype or number of threads. Pyro or torch-RNG code of your own
+    that runs in another thread *during* such a locked part is not covered by the lock: it can
+    disturb that part's draws and see its Pyro handlers.
     """
     if not isinstance(model, BayesianResNet):
         raise ValueError(f"model must be a BayesianResNet, got {type(model).__name__}")
     method = resolve_method(method)
+    method.check_settings()  # settings may have changed since construction
     method.validate(model)
     if executor is not None and not isinstance(executor, concurrent.futures.Executor):
         raise ValueError("executor must be a concurrent.futures.Executor (e.g. a "
@@ -117,10 +147,8 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     x_t = check_inputs(x, model.in_dim)
     y_t = _check_targets(y, x_t.shape[0], model.out_dim)
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0])
-    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else \
+        check_seed(seed)
     if standardize:
         x_scaler, y_scaler = Standardizer().fit(x_t), Standardizer().fit(y_t)
     else:
@@ -128,20 +156,21 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
         y_scaler = Standardizer.identity(model.out_dim)
     x_std, y_std = x_scaler.transform(x_t), y_scaler.transform(y_t)
 
-    # Methods that go through Pyro's param store get a private one, so fits never interfere
-    # and the user's store is left as it was.
-    with pyro.get_param_store().scope():
-        start = time.perf_counter()
-        if executor is None:
-            result = method.run(model, x_std, y_std, int(seed), progress)
-        else:
-            plan = plan_method(method, model, x_std, y_std, int(seed))
-            if len(plan.units) == 1 and plan.hint:
-                warnings.warn(plan.hint, UserWarning, stacklevel=2)
-            result = run_plan(plan, executor, retries=int(retries), progress=progress)
-        seconds = time.perf_counter() - start
+    # No global state is swapped here: the parts of a method that use Pyro's param store and
+    # handler stack or the global torch RNG hold the global state lock with a private store
+    # themselves (see Notes), so fits in other threads never see or undo each other's state.
+    start = time.perf_counter()
+    if executor is None:
+        result = run_method(method, model, x_std, y_std, seed, progress)
+    else:
+        plan = plan_method(method, model, x_std, y_std, seed)
+        if len(plan.units) == 1 and plan.hint:
+            warnings.warn(plan.hint, UserWarning, stacklevel=2)
+        result = run_plan(plan, executor, retries=int(retries), progress=progress)
+    seconds = time.perf_counter() - start
     posterior = Posterior(model, result.draws, result.stats, method, x_scaler, y_scaler,
-                          int(seed), seconds, x_t.numpy(), y_t.numpy(), extra=result.extra)
+                          seed, seconds, x_t.numpy(), y_t.numpy(), extra=result.extra,
+                          feature_names=column_names(x), target_names=column_names(y))
     if check:
         from ..diagnostics import warn_if_failed
 

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -69,12 +68,20 @@ from torch import Tensor
 
 from ..model import BayesianResNet
 from . import adaptation
-from .base import InferenceMethod, MethodResult, check_positive_int, make_progress, seeded_generator
+from .base import (
+    InferenceMethod,
+    MethodResult,
+    check_positive_int,
+    check_seed,
+    make_progress,
+    seeded_generator,
+)
 from .executor import (
     Plan,
     WorkUnit,
     derived_seed,
     global_state_lock,
+    private_pyro_state,
     run_plan,
     span,
     split_range,
@@ -189,6 +196,7 @@ class NUTS(InferenceMethod):
     """
 
     name: ClassVar[str] = "nuts"
+    kind: ClassVar[str] = "mcmc"
 
     num_samples: int = 1000
     warmup: int = 1000
@@ -202,7 +210,10 @@ class NUTS(InferenceMethod):
     compile_after: int | None = 20_000
     chains_per_unit: int | None = None
 
-    def __post_init__(self) -> None:
+    # Only the 'pyro' backend uses Pyro's and torch's global state, under the global state lock.
+    thread_safe: ClassVar[bool] = True
+
+    def check_settings(self) -> None:
         check_positive_int("NUTS", "num_samples", self.num_samples)
         check_positive_int("NUTS", "chains", self.chains)
         check_positive_int("NUTS", "max_tree_depth", self.max_tree_depth)
@@ -261,6 +272,7 @@ class NUTS(InferenceMethod):
         :func:`bayesresnet.inference.executor.run_plan`.
         """
         self.validate(model)
+        seed = check_seed(seed)
         groups = self.chain_groups()
         z_start = _starting_draws(model, self.init, self.chains, seed)
         units = tuple(
@@ -292,6 +304,7 @@ def initial_positions(model: BayesianResNet, x: Tensor, y: Tensor, chains: int, 
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
+    seed = check_seed(seed)
     z_start = _starting_draws(model, init, chains, seed)
     return _start_positions(model, x, y, z_start, init, init_steps)
 
@@ -302,7 +315,9 @@ def _starting_draws(model: BayesianResNet, init: str, chains: int, seed: int) ->
     stream of the fit's seed, chain after chain."""
     stream = _derived_seed(seed, _STREAM_INIT)
     if init in _PRIOR_INITS:
-        values = model.sample_prior(stream, (chains,))
+        # sample_prior seeds and draws from the global torch RNG (inside fork_rng).
+        with global_state_lock():
+            values = model.sample_prior(stream, (chains,))
     else:
         generator = torch.Generator().manual_seed(stream)
         draws = [model.initial_values(generator) for _ in range(chains)]
@@ -333,17 +348,13 @@ def _sample_chain_group(method: NUTS, model: BayesianResNet, x: Tensor, y: Tenso
                         unit: int, chains: range, z_start: Tensor, *,
                         progress: bool) -> MethodResult:
     """One unit of work: start, sample and constrain the chains ``chains`` (unit ``unit``)."""
-    # Pyro's MCMC seeds and draws from the global torch RNG: one such unit at a time.
-    guard = global_state_lock() if method.backend == "pyro" else nullcontext()
-    with guard:
-        z0 = _start_positions(model, x, y, z_start, method.init, method.init_steps,
-                              chains.start)
+    z0 = _start_positions(model, x, y, z_start, method.init, method.init_steps, chains.start)
 
-        def log_density(z: Tensor) -> Tensor:
-            return model.log_density(z, x, y)
+    def log_density(z: Tensor) -> Tensor:
+        return model.log_density(z, x, y)
 
-        out = _SAMPLERS[method.backend](method, log_density, z0, seed, unit, chains.start,
-                                        progress)
+    # The Pyro backend takes the global state lock itself (see sample_pyro).
+    out = _SAMPLERS[method.backend](method, log_density, z0, seed, unit, chains.start, progress)
     draws, log_joint = _constrained_draws(model, x, y, out.samples)
     stats = {**out.stats, "log_joint": log_joint}
     extra = {"initial_position": z0, "inverse_mass": out.inverse_mass,
@@ -491,6 +502,10 @@ def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: in
         Warmup (adaptation) iterations, discarded, and kept draws per chain.
     seed : int
         Chain c uses the torch seed derived from (seed, c); the caller's RNG state is restored.
+        Pyro's MCMC draws from the global torch RNG and runs under Pyro's global handler stack,
+        so the chains run under the global state lock with a private Pyro param store
+        (:func:`~bayesresnet.inference.executor.private_pyro_state`): one such run at a time
+        per process.
     target_accept, max_tree_depth, dense_mass
         As in :class:`NUTS`.
     progress : bool
@@ -503,6 +518,7 @@ def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: in
     -------
     SamplerOutput
     """
+    seed = check_seed(seed)
     if init_position.dim() != 2:
         raise ValueError(f"init_position must have shape (chains, dim), "
                          f"got {tuple(init_position.shape)}")
@@ -511,22 +527,24 @@ def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: in
         return -logdensity_fn(params["z"])
 
     chain_samples, chain_records, chain_inverse_mass = [], [], []
-    for chain, z0 in enumerate(init_position.detach(), start=int(first_chain)):
-        kernel = _RecordingNUTS(
-            potential_fn=potential_fn, adapt_step_size=True, adapt_mass_matrix=True,
-            full_mass=dense_mass, target_accept_prob=float(target_accept),
-            max_tree_depth=int(max_tree_depth), jit_compile=False)
-        mcmc = pyro.infer.MCMC(kernel, num_samples=int(num_samples),
-                               warmup_steps=int(num_warmup), initial_params={"z": z0.clone()},
-                               num_chains=1, disable_progbar=not progress)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_derived_seed(seed, _STREAM_CHAIN, chain))
-            mcmc.run()
-        chain_samples.append(mcmc.get_samples()["z"].detach())
-        chain_records.append(kernel.records)
-        # One site, so the adapter holds one (diagonal or dense) block.
-        (inverse_mass,) = kernel.inverse_mass_matrix.values()
-        chain_inverse_mass.append(inverse_mass.detach().clone())
+    with private_pyro_state():
+        for chain, z0 in enumerate(init_position.detach(), start=int(first_chain)):
+            kernel = _RecordingNUTS(
+                potential_fn=potential_fn, adapt_step_size=True, adapt_mass_matrix=True,
+                full_mass=dense_mass, target_accept_prob=float(target_accept),
+                max_tree_depth=int(max_tree_depth), jit_compile=False)
+            mcmc = pyro.infer.MCMC(kernel, num_samples=int(num_samples),
+                                   warmup_steps=int(num_warmup),
+                                   initial_params={"z": z0.clone()}, num_chains=1,
+                                   disable_progbar=not progress)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_derived_seed(seed, _STREAM_CHAIN, chain))
+                mcmc.run()
+            chain_samples.append(mcmc.get_samples()["z"].detach())
+            chain_records.append(kernel.records)
+            # One site, so the adapter holds one (diagonal or dense) block.
+            (inverse_mass,) = kernel.inverse_mass_matrix.values()
+            chain_inverse_mass.append(inverse_mass.detach().clone())
     stats = {name: np.array([[rec[name] for rec in records[num_warmup:]]
                              for records in chain_records], dtype=dtype)
              for name, dtype in _STAT_DTYPES.items()}

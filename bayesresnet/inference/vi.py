@@ -37,10 +37,12 @@ from .base import (
     MethodResult,
     check_positive_float,
     check_positive_int,
+    check_seed,
     make_progress,
     seeded_generator,
     update_running_mean,
 )
+from .executor import private_pyro_state
 from .flat_vi import fit_flat_gaussian
 from .optim import map_fit
 
@@ -92,7 +94,9 @@ def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tu
     The model must be batched over leading sample dimensions (particles are vectorized with a
     plate left of the model's own plates). Everything random is seeded by ``seed`` inside a
     forked torch RNG, and the fit runs in a private Pyro param store: the caller's global RNG
-    state and param store are left as they were.
+    state and param store are left as they were. Pyro's SVI needs those process globals and
+    Pyro's handler stack, so the fit holds the global state lock
+    (:func:`~bayesresnet.inference.executor.private_pyro_state`): one at a time per process.
 
     Parameters
     ----------
@@ -117,7 +121,7 @@ def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tu
     _GuideFit
     """
     store = pyro.get_param_store()
-    with store.scope(), torch.random.fork_rng(devices=[]):
+    with private_pyro_state(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         guide = guide_class(model, **guide_kwargs)
         elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
@@ -212,7 +216,10 @@ class _AutoGuideVI(InferenceMethod):
     init_steps: int
     backend: str
 
-    def __post_init__(self) -> None:
+    # Only the 'pyro' backend uses Pyro's global state, under the global state lock.
+    thread_safe: ClassVar[bool] = True
+
+    def check_settings(self) -> None:
         owner = type(self).__name__
         for setting in ("steps", "num_particles", "num_draws", "init_steps"):
             check_positive_int(owner, setting, getattr(self, setting))
@@ -243,6 +250,7 @@ class _AutoGuideVI(InferenceMethod):
             ``guide_params`` (name -> tensor); ``rank`` for the low-rank family.
         """
         self.validate(model)
+        seed = check_seed(seed)
         # Start the means at the network's Glorot initialization rather than at the prior
         # median: in the all-zero network every hidden unit is interchangeable, a symmetric
         # saddle point that only the sampling noise of a narrow q would break.
@@ -341,6 +349,7 @@ class MeanField(_AutoGuideVI):
     backend: str = "flat"
 
     name: ClassVar[str] = "meanfield"
+    kind: ClassVar[str] = "variational"
 
     def _rank(self, model: BayesianResNet) -> int | None:
         return None
@@ -376,9 +385,10 @@ class LowRank(_AutoGuideVI):
     backend: str = "flat"
 
     name: ClassVar[str] = "lowrank"
+    kind: ClassVar[str] = "variational"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_settings(self) -> None:
+        super().check_settings()
         if self.rank is not None:
             check_positive_int(type(self).__name__, "rank", self.rank)
 
