@@ -22,7 +22,6 @@ the density of z that MCMC targets.
 from __future__ import annotations
 
 import math
-import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -36,12 +35,10 @@ from torch.distributions import constraints
 
 from . import likelihoods as _likelihoods
 from . import priors as _priors
+from .globalstate import global_state_lock
 from .resnet import Network
 
 __all__ = ["BayesianResNet"]
-
-
-_PRIOR_RNG_LOCK = threading.Lock()
 
 
 def _as_2d_targets(y: Tensor, out_dim: int) -> Tensor:
@@ -261,7 +258,7 @@ class BayesianResNet(PyroModule):
         Uses a private RNG stream seeded by ``seed``; the global torch RNG is left untouched.
         """
         # fork_rng saves and restores the global RNG: one thread at a time.
-        with _PRIOR_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        with global_state_lock(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return {name: site.prior.sample(torch.Size(sample_shape))
                     for name, site in self._sites.items()}

@@ -314,10 +314,13 @@ def _rank_plot(quantities: dict[str, np.ndarray]) -> str:
         ranks = values.reshape(-1).argsort(kind="stable").argsort(kind="stable")
         ranks = ranks.reshape(chains, draws)
         bins = np.linspace(0, chains * draws, min(20, max(draws // 5, 2)) + 1)
+        heights = np.stack([np.histogram(ranks[c], bins=bins)[0] for c in range(chains)])
+        offset = 1.2 * heights.max()
+        expected = draws / (len(bins) - 1)  # each bin's count for a well-mixed chain
         for chain in range(chains):
-            heights, _ = np.histogram(ranks[chain], bins=bins)
-            ax.stairs(heights + chain * heights.max() * 1.2, bins, color=f"C{chain % 10}",
-                      baseline=chain * heights.max() * 1.2)
+            base = chain * offset
+            ax.stairs(heights[chain] + base, bins, baseline=base, color=f"C{chain % 10}")
+            ax.axhline(base + expected, color="0.4", lw=0.8, ls="--")
         ax.set_title(name, fontsize=9)
         ax.set_yticks([])
     return _png(fig)

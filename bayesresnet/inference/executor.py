@@ -21,21 +21,24 @@ note naming the unit.
 
 Thread safety
 -------------
-Units that touch process-global state (the global torch RNG, Pyro's parameter store), such as
-the Pyro NUTS backend and the variational methods, hold :func:`global_state_lock` while they
-run, so on a threaded executor (a thread pool, a Dask worker with several threads) they run one
-at a time and stay reproducible. The vectorized NUTS backend and ensembles use private
-``torch.Generator`` streams and run concurrently.
+Pyro's param store and handler stack and the global torch RNG are process globals. Code that
+uses them (Pyro's SVI in the ``'pyro'`` VI backend, Pyro's MCMC in the ``'pyro'`` NUTS backend,
+prior draws through ``BayesianResNet.sample_prior``) holds :func:`global_state_lock`, with a
+private param store where Pyro is involved (:func:`private_pyro_state`), so on a threaded
+executor (a thread pool, a Dask worker with several threads) such parts run one at a time and
+stay reproducible. Everything else (the vectorized NUTS backend, the flat VI backend, ensembles,
+MAP) draws from private ``torch.Generator`` streams and runs concurrently. A method whose class
+is not :attr:`~bayesresnet.inference.base.InferenceMethod.thread_safe` runs entirely under the
+lock (:func:`run_method`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,7 @@ import numpy as np
 import pyro
 import torch
 
+from ..globalstate import global_state_lock
 from .base import make_progress
 
 if TYPE_CHECKING:
@@ -50,21 +54,31 @@ if TYPE_CHECKING:
     from .base import InferenceMethod, MethodResult
 
 __all__ = ["Plan", "UnitFailedError", "WorkUnit", "derived_seed", "global_state_lock",
-           "plan_method", "run_plan", "run_units", "span", "split_range"]
-
-_GLOBAL_STATE_LOCK = threading.RLock()
-
+           "plan_method", "private_pyro_state", "run_method", "run_plan", "run_units", "span",
+           "split_range"]
 
 @contextmanager
-def global_state_lock() -> Iterator[None]:
-    """Hold the process-wide lock of code that uses the global torch RNG or Pyro's param store.
+def private_pyro_state() -> Iterator[None]:
+    """Hold :func:`global_state_lock` and give Pyro an empty param store until the block ends.
 
-    Units that seed and draw from the global torch RNG (``torch.manual_seed``, Pyro's MCMC and
-    SVI) are not reproducible when two of them run at once in threads of one process; holding
-    this lock runs them one at a time.
+    The caller's param store is restored on exit, whatever the block did; since every user of
+    the store in this library holds the lock, two fits never see each other's parameters.
     """
-    with _GLOBAL_STATE_LOCK:
+    with global_state_lock(), pyro.get_param_store().scope():
         yield
+
+
+def run_method(method: InferenceMethod, model: BayesianResNet, x: torch.Tensor,
+               y: torch.Tensor, seed: int, progress: bool) -> MethodResult:
+    """``method.run(...)``, isolated from other fits in this process.
+
+    A :attr:`~bayesresnet.inference.base.InferenceMethod.thread_safe` method guards its own
+    use of global state and runs as it is; any other method runs under
+    :func:`private_pyro_state`, one at a time.
+    """
+    guard = nullcontext() if getattr(method, "thread_safe", False) else private_pyro_state()
+    with guard:
+        return method.run(model, x, y, seed, progress)
 
 
 def derived_seed(seed: int, *keys: int) -> int:
@@ -171,10 +185,7 @@ class UnitFailedError(RuntimeError):
 
 def _run_whole_method(method: InferenceMethod, model: BayesianResNet, x: torch.Tensor,
                       y: torch.Tensor, seed: int, *, progress: bool) -> MethodResult:
-    # Methods without a plan (the variational ones) may use the global torch RNG and Pyro's
-    # param store: a private store scope, and one at a time per process.
-    with global_state_lock(), pyro.get_param_store().scope():
-        return method.run(model, x, y, seed, progress)
+    return run_method(method, model, x, y, seed, progress)
 
 
 def _first(results: list[Any]) -> Any:

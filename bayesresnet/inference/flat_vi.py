@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, Normal
 
-from .base import make_progress, update_running_mean
+from .base import check_seed, make_progress, update_running_mean
 
 __all__ = ["FlatGaussianFit", "fit_flat_gaussian"]
 
@@ -125,7 +125,7 @@ def fit_flat_gaussian(log_density: Callable[[Tensor], Tensor], init_loc: Tensor,
     """
     dim = init_loc.shape[-1]
     dtype = init_loc.dtype
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(check_seed(seed))
     loc = init_loc.detach().clone().requires_grad_(True)
     start_scale = init_scale if rank is None else init_scale * math.sqrt(0.5)
     raw_scale = torch.full((dim,), _softplus_inverse(start_scale), dtype=dtype,
