@@ -21,13 +21,32 @@ Commands
 ``bayesresnet report RUN.nc [--test DATA] [--out DIR]``
     The HTML report of a saved run, optionally with test metrics and calibration.
 
+Output folders
+--------------
+``fit`` and ``report`` write ``DIR`` as one unit: the run and its report go to a hidden sibling
+folder (``.DIR.<random>.partial``), which then takes the place of ``DIR``, with Ctrl-C ignored
+during the two renames. An interrupted or failed command leaves ``DIR`` as it was (and
+nothing else); a folder never holds a new ``posterior.nc`` beside an old ``index.html``. Only a
+kill (SIGKILL, power loss) between the two renames can leave ``DIR`` missing, with the previous
+run in a hidden ``.DIR.<random>.old`` folder beside it. Because ``DIR`` is replaced as a
+whole, it must be new, empty, or hold nothing but the files these commands write
+(``index.html``, ``posterior.nc``): a folder with any other entry is refused, and so is the
+current folder or a folder above it. ``predict`` writes its CSV to a temporary file that it
+renames over ``--out``.
+
+A command whose output is complete exits 0 even when Ctrl-C arrives afterwards (while the
+final "wrote ..." line is printed, or while the process shuts down).
+
 Data files
 ----------
 A data file is either comma-separated (when its first line has a comma) or whitespace-separated.
 Its first line is a header of column names when any of its fields is not a number; otherwise
 there is no header. Every other line must hold one finite number per column; blank lines and
 lines starting with ``#`` are skipped. A column is named by its header name or by its 0-based
-number (a header name wins when a name is itself a number).
+number (a header name wins when a name is itself a number). Header names must be unique and not
+empty (surrounding spaces do not count). Byte order marks (U+FEFF, invisible; one starts many
+files saved on Windows) are dropped wherever they are. A CSV field is one line: a quote left
+open ends with its line.
 
 ``fit`` stores the input and target columns in the run (``Posterior.extra["columns"]``).
 ``predict`` and ``report --test`` select the same columns: by name when the new file has a
@@ -35,9 +54,10 @@ header and the run was fitted on named columns, else by number; a headerless fil
 as many columns as the model has inputs is taken as the inputs in order (for ``predict``).
 
 Errors about the user's files or arguments (missing file, unknown column, non-numeric data, a
-file that is not a posterior, ...) print one line ``bayesresnet: error: ...`` to stderr and
-exit with status 1 (2 for malformed command lines); set ``BAYESRESNET_DEBUG=1`` to see the
-traceback instead.
+file that is not a posterior, a column too large to standardize, predictions that are not
+finite, an output folder that holds other files, ...) print one line
+``bayesresnet: error: ...`` to stderr and exit with status 1 (2 for malformed command lines);
+set ``BAYESRESNET_DEBUG=1`` to see the traceback instead.
 
 The command, and the worker processes it spawns, fix glibc's allocator thresholds for
 themselves (:func:`bayesresnet.tune_allocator`); a program that calls :func:`main` keeps its own.
@@ -49,7 +69,11 @@ import argparse
 import csv
 import math
 import os
+import secrets
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -62,7 +86,8 @@ import numpy as np
 
 from bayesresnet.allocator import tune_allocator
 
-__all__ = ["DEMO_SETTINGS", "CLIError", "DataTable", "console", "main", "read_table"]
+__all__ = ["DEMO_SETTINGS", "RUN_FILES", "CLIError", "DataTable", "console", "main",
+           "read_table"]
 
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
@@ -150,13 +175,22 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _csv_fields(path: str, number: int, line: str) -> list[str]:
+    """The stripped fields of one CSV line (a quote left open ends with the line)."""
+    try:
+        return [field.strip() for field in next(csv.reader([line]), [])]
+    except csv.Error as err:
+        raise CLIError(f"{path} line {number}: {err}") from None
+
+
 def read_table(path: str | os.PathLike) -> DataTable:
     """Read a comma- or whitespace-separated numeric file (see the module docstring).
 
     Raises
     ------
     CLIError
-        Missing or empty file, ragged rows, non-numeric or non-finite values.
+        Missing or empty file, ragged rows, non-numeric or non-finite values, empty or repeated
+        header names.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -165,7 +199,7 @@ def read_table(path: str | os.PathLike) -> DataTable:
         raise CLIError(f"{path} is a folder, not a data file")
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            text = handle.read().replace("\ufeff", "")  # byte order marks, invisible
     except UnicodeDecodeError:
         raise CLIError(f"{path} is not a text data file (not UTF-8 text)") from None
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
@@ -173,17 +207,19 @@ def read_table(path: str | os.PathLike) -> DataTable:
     if not lines:
         raise CLIError(f"{path} holds no data")
     comma = "," in lines[0][1]
-    if comma:
-        rows = [(number, [field.strip() for field in fields]) for (number, _), fields in
-                zip(lines, csv.reader(line for _, line in lines), strict=True)]
-    else:
-        rows = [(number, line.split()) for number, line in lines]
+    rows = [(number, _csv_fields(path, number, line) if comma else line.split())
+            for number, line in lines]
     names = None
     if not all(_is_number(field) for field in rows[0][1]):
         names = rows[0][1]
         rows = rows[1:]
         if any(not name for name in names):
             raise CLIError(f"{path}: the header has an empty column name")
+        for index, name in enumerate(names):
+            if names.index(name) != index:
+                raise CLIError(f"{path}: column name {name!r} appears more than once in the "
+                               f"header (columns {names.index(name)} and {index}); names must "
+                               "be unique")
     if not rows:
         raise CLIError(f"{path} has a header but no data rows")
     width = len(names) if names is not None else len(rows[0][1])
@@ -217,6 +253,9 @@ def _run_columns(posterior: Any) -> dict[str, Any] | None:
 def _select(table: DataTable, labels: list[Any], numbers: list[int], named: bool) -> list[int]:
     """Column indices in ``table`` of the run's columns (by name or by number)."""
     if named and table.names is not None:
+        if len(set(map(str, labels))) != len(labels):
+            raise CLIError(f"the run's columns {', '.join(map(str, labels))} repeat a name, so "
+                           "they cannot be found by name; fit it again with unique names")
         return [table.column(str(label)) for label in labels]
     for number in numbers:
         if number >= table.num_columns:
@@ -249,6 +288,107 @@ def _inputs_for(posterior: Any, table: DataTable, with_targets: bool
         return x, None
     y_cols = _select(table, columns["targets"], columns["target_numbers"], named)
     return x, table.values[:, y_cols]
+
+
+# ------------------------------------------------------------------------------- output files
+RUN_FILES = ("index.html", "posterior.nc")
+"""The files ``fit`` and ``report`` write into their output folder: the only entries a folder
+may hold for them to replace it (see the module docstring)."""
+
+
+def _output_folder(out: str | os.PathLike) -> Path:
+    """The absolute, resolved ``--out`` folder, checked before any work is done.
+
+    Raises
+    ------
+    CLIError
+        ``out`` is a file, the current folder or above it, or a folder holding entries other
+        than :data:`RUN_FILES`.
+    """
+    target = Path(out).resolve()
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"{out} exists and is not a folder")
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise CLIError(f"{out} is the current folder or holds it; the output folder is "
+                       "replaced as a whole, so give a folder of its own, e.g. --out run")
+    if target.is_dir():
+        foreign = sorted(entry.name for entry in target.iterdir()
+                         if entry.name not in RUN_FILES or entry.is_symlink()
+                         or not entry.is_file())
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise CLIError(f"{out} holds files bayesresnet did not write ({listed}); the output "
+                           "folder is replaced as a whole, so give a new or empty folder, or "
+                           f"one that holds only {' and '.join(RUN_FILES)} of an earlier run")
+    return target
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A new hidden sibling folder of ``target`` to write the output into; removed on exit
+    unless :func:`_commit_folder` has moved it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{secrets.token_hex(6)}.partial"
+    staging.mkdir()
+    try:
+        if target.is_dir():
+            shutil.copymode(target, staging)
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ignore SIGINT (Ctrl-C) during the block, a short step that must not stop half-way. Only
+    the main thread can change signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _commit_folder(staging: Path, target: Path, args: argparse.Namespace) -> None:
+    """Move ``staging`` into the place of ``target`` (checked again first) with Ctrl-C
+    ignored, and mark the command's output complete (``args.committed``)."""
+    _output_folder(target)
+    with _sigint_held():
+        if target.exists():
+            old = target.parent / f".{target.name}.{secrets.token_hex(6)}.old"
+            os.rename(target, old)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+        args.committed = True
+
+
+def _write_file_atomically(path: Path, write: Callable[[Any], None],
+                           args: argparse.Namespace) -> None:
+    """Write a text file through a temporary sibling that is renamed over ``path`` only when
+    complete (through a symbolic link: into its target), and mark the command's output complete
+    (``args.committed``)."""
+    path = path.resolve()
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
+    try:
+        with open(temporary, "x", newline="", encoding="utf-8") as handle:
+            write(handle)
+        with _sigint_held():
+            os.replace(temporary, path)
+            args.committed = True
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 # ------------------------------------------------------------------------------- commands
@@ -425,6 +565,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise CLIError(f"{table.path} has no columns left as inputs besides the targets")
     method = _method(args)
     x, y = table.values[:, inputs], table.values[:, targets]
+    for columns, values in ((inputs, x), (targets, y)):
+        try:  # fit() would raise the same, but without the file's column names
+            brn.data.Standardizer().fit(values, names=[table.label(c) for c in columns])
+        except ValueError as err:
+            raise CLIError(f"{table.path}: {err}") from None
     test = None
     if args.test is not None:
         test_table = read_table(args.test)
@@ -432,6 +577,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         labels = [table.label(c) for c in inputs], [table.label(c) for c in targets]
         test = (test_table.values[:, _select(test_table, labels[0], inputs, named)],
                 test_table.values[:, _select(test_table, labels[1], targets, named)])
+    target_folder = _output_folder(args.out)  # checked again when the output is swapped in
     net = brn.ResNet(in_dim=len(inputs), out_dim=len(targets), width=args.width,
                      depth=args.depth, basis=args.basis)
     model = brn.BayesianResNet(net, prior=brn.priors.Normal(1.0),
@@ -445,12 +591,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             "input_numbers": inputs,
             "target_numbers": targets,
         }
-        page = report(post, args.out, *(test if test is not None else (None, None)))
-    print(f"fitted {method.name} in {post.fit_seconds:.1f} s: {len(x)} rows, inputs "
-          f"{', '.join(map(str, post.extra['columns']['inputs']))}; targets "
-          f"{', '.join(map(str, post.extra['columns']['targets']))}")
-    print(post.diagnose())
-    print(f"wrote {Path(args.out) / 'posterior.nc'} and {page}")
+        with _staging(target_folder) as staging:
+            report(post, staging, *(test if test is not None else (None, None)))
+            print(f"fitted {method.name} in {post.fit_seconds:.1f} s: {len(x)} rows, inputs "
+                  f"{', '.join(map(str, post.extra['columns']['inputs']))}; targets "
+                  f"{', '.join(map(str, post.extra['columns']['targets']))}")
+            print(post.diagnose())
+            _commit_folder(staging, target_folder, args)
+    print(f"wrote {Path(args.out) / 'posterior.nc'} and {Path(args.out) / 'index.html'}")
     return 0
 
 
@@ -478,17 +626,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for j in range(out_dim):
         for key, values in fields.items():
             header.append(key if out_dim == 1 else f"{target_names[j]}_{key}")
-            blocks.append(values[:, j])
+            blocks.append(np.asarray(values, dtype=np.float64)[:, j])
+    table_out = np.stack(blocks, axis=1)
+    bad = np.flatnonzero(~np.isfinite(table_out).all(axis=1))
+    if bad.size:
+        raise CLIError(f"the predictions at {bad.size} of {len(x)} rows of {table.path} are not "
+                       f"finite (first: data row {bad[0] + 1}), beyond the float64 range; "
+                       "their inputs or the run's values are too large or too far from the "
+                       "training data; no file written")
     out = Path(args.out)
     if out.is_dir():
         raise CLIError(f"{out} is a folder; --out needs a file name")
     if not out.parent.is_dir():
         raise CLIError(f"folder {out.parent} does not exist")
-    with open(out, "w", newline="", encoding="utf-8") as handle:
+
+    def write(handle: Any) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
-        for row in np.stack(blocks, axis=1):
+        for row in table_out:
             writer.writerow([repr(float(v)) for v in row])
+
+    _write_file_atomically(out, write, args)
     print(f"wrote {len(x)} predictions ({', '.join(header[:len(fields)])}"
           f"{' per output' if out_dim > 1 else ''}) to {out}")
     return 0
@@ -497,14 +655,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from bayesresnet.report import report
 
+    run = Path(args.run)
+    out = Path(args.out) if args.out is not None else run.with_name(f"{run.stem}_report")
     post = _load(args.run)
     x_test = y_test = None
     if args.test is not None:
         x_test, y_test = _inputs_for(post, read_table(args.test), with_targets=True)
-    run = Path(args.run)
-    out = Path(args.out) if args.out is not None else run.with_name(f"{run.stem}_report")
-    page = report(post, out, x_test, y_test)
-    print(f"wrote {page}")
+    target_folder = _output_folder(out)
+    with _staging(target_folder) as staging:
+        report(post, staging, x_test, y_test)
+        _commit_folder(staging, target_folder, args)
+    print(f"wrote {out / 'index.html'}")
     return 0
 
 
@@ -634,7 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status: 0 on success, 1 for an error in the user's files or arguments (one line
         on stderr), 2 for a malformed command line (argparse's usage message), 130 when
-        interrupted.
+        interrupted before the command's output was complete (0 after: see the module
+        docstring).
     """
     parser = build_parser()
     try:
@@ -645,12 +807,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bayesresnet.diagnostics import ConvergenceWarning
     from bayesresnet.export import PosteriorFileError
 
+    args.committed = False  # set once the command's output is complete
     try:
         with warnings.catch_warnings():
             # Every command prints or writes the diagnostics itself.
             warnings.simplefilter("ignore", ConvergenceWarning)
             return handler(args)
     except KeyboardInterrupt:
+        if args.committed:
+            return 0
         print("bayesresnet: interrupted", file=sys.stderr)
         return 130
     except (CLIError, PosteriorFileError, ValueError, OSError) as err:
@@ -666,7 +831,12 @@ def console(argv: Sequence[str] | None = None) -> int:
 
     The process is the command's own, so it fixes glibc's allocator thresholds first
     (:func:`bayesresnet.tune_allocator`: freed tensors are reused instead of faulted in anew);
-    then it runs :func:`main` on ``argv`` and returns its exit status.
+    then it runs :func:`main` on ``argv`` and returns its exit status. Once :func:`main` has
+    returned, Ctrl-C is ignored, so that a SIGINT while the interpreter shuts down cannot turn
+    a finished command's status into death by signal.
     """
     tune_allocator()
-    return main(argv)
+    status = main(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status

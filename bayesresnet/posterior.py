@@ -101,6 +101,14 @@ def _checked_names(names: Any, count: int, what: str) -> list[str] | None:
     return names
 
 
+def _power_of_two_scale(values: np.ndarray) -> np.ndarray:
+    """Per (point, output), the power of two at or above the largest magnitude over draws
+    (1 where all are 0 or not finite); dividing by it is exact."""
+    top = np.abs(values).max(axis=0)
+    top = np.where(np.isfinite(top) & (top > 0), top, 1.0)
+    return np.ldexp(1.0, np.frexp(top)[1])
+
+
 def _mixture_quantile(loc: Tensor, scale: Tensor, q: float, iterations: int = 60) -> Tensor:
     """Quantile q of the equal-weight Gaussian mixture over the first axis, by bisection.
 
@@ -157,12 +165,18 @@ class Prediction:
         self.noise_scale = noise_scale.numpy()
         eps = torch.randn(f_samples.shape, generator=generator, dtype=f_samples.dtype)
         self.samples = (f_samples + noise_scale * eps).numpy()
-        self.mean = self.f_samples.mean(0)
+        # Moments of values scaled by a power of two near their size: exact (the same bits as
+        # unscaled) for ordinary data, and no overflow in the squares for data near 1e200.
+        f_unit = _power_of_two_scale(self.f_samples)
+        noise_unit = _power_of_two_scale(self.noise_scale)
+        self.mean = (self.f_samples / f_unit).mean(0) * f_unit
         num = f_samples.shape[0]
-        self.epistemic_std = self.f_samples.std(0, ddof=1) if num > 1 else \
-            np.zeros_like(self.mean)
-        self.aleatoric_std = np.sqrt((self.noise_scale**2).mean(0))
-        self.std = np.sqrt(self.epistemic_std**2 + self.aleatoric_std**2)
+        self.epistemic_std = (self.f_samples / f_unit).std(0, ddof=1) * f_unit if num > 1 \
+            else np.zeros_like(self.mean)
+        self.aleatoric_std = np.sqrt(((self.noise_scale / noise_unit)**2).mean(0)) * noise_unit
+        total_unit = np.maximum(f_unit, noise_unit)
+        self.std = np.sqrt((self.epistemic_std / total_unit)**2
+                           + (self.aleatoric_std / total_unit)**2) * total_unit
         # Each interval is a bisection over the mixture; metrics and reports ask for the same
         # level several times (coverage, width, calibration), so keep the results per level.
         self._intervals: dict[float, tuple[np.ndarray, np.ndarray]] = {}

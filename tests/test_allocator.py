@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -106,5 +107,11 @@ def test_the_command_tunes_its_own_process(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "tune_allocator", lambda: seen.append("tuned") or True)
     monkeypatch.setattr(cli, "main", lambda argv=None: seen.append(argv) or 0)
-    assert cli.console(["--help"]) == 0
+    # console() is a process's entry point and ignores SIGINT once main returns; give the
+    # test process its handler back.
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.console(["--help"]) == 0
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert seen == ["tuned", ["--help"]]
