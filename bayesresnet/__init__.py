@@ -4,13 +4,14 @@ from . import basis, data, likelihoods, metrics, ode, priors
 from ._version import __version__
 from .allocator import tune_allocator
 from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
-from .diagnostics import ConvergenceWarning, Diagnostics
 from .convert import compare
+from .diagnostics import ConvergenceWarning, Diagnostics
 from .fileformat import PosteriorFileError, load
 from .inference import MAP, NUTS, Ensemble, LowRank, MeanField, UnitFailedError, fit
 from .model import BayesianResNet
 from .ode import stiffness
 from .posterior import Posterior, Prediction
+from .pyro_interop import PyroGuide, PyroMCMC, from_pyro
 from .report import report
 from .resnet import MLP, ResNet
 
@@ -33,6 +34,8 @@ __all__ = [
     "Posterior",
     "PosteriorFileError",
     "Prediction",
+    "PyroGuide",
+    "PyroMCMC",
     "ResNet",
     "UnitFailedError",
     "__version__",
@@ -40,6 +43,7 @@ __all__ = [
     "compare",
     "data",
     "fit",
+    "from_pyro",
     "likelihoods",
     "load",
     "metrics",

@@ -61,7 +61,7 @@ from ._version import __version__
 from .arviz_compat import compare as arviz_compare
 from .arviz_compat import to_inference_data
 from .model import BayesianResNet
-from .posterior import Posterior, as_float_tensor, check_inputs
+from .posterior import Posterior, check_inputs, check_targets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -240,18 +240,6 @@ def _attrs(posterior: Posterior) -> dict[str, Any]:
     }
 
 
-def _targets(y: Any, n: int, out_dim: int, name: str) -> Tensor:
-    y = as_float_tensor(y, name)
-    if y.dim() == 1:
-        y = y.unsqueeze(-1)
-    if y.dim() != 2 or y.shape[1] != out_dim or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) or ({n}, {out_dim}) to match x_new, "
-                         f"got {tuple(y.shape)}")
-    if not torch.isfinite(y).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    return y
-
-
 class _GroupBuilder:
     """Datasets with the run's dims and coordinates."""
 
@@ -383,7 +371,7 @@ def _prediction_groups(posterior: Posterior, build: _GroupBuilder, x_new: Any, y
         build.sample_coords(sample))}
     constant = {"x": (("pred_id", "input"), xn.numpy())}
     if y_new is not None:
-        yn = _targets(y_new, xn.shape[0], posterior.model.out_dim, "y_new").numpy()
+        yn = check_targets(y_new, xn.shape[0], posterior.model.out_dim, "y_new").numpy()
         constant["y"] = (build.observation_dims("pred_id"), build.observations(yn))
     groups["predictions_constant_data"] = build.dataset(constant)
     return groups

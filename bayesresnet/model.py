@@ -17,6 +17,15 @@ values and the log absolute determinant of the Jacobian of that map, and
     log_density(z, x, y) = log_joint(constrain(z), x, y) + log|det J(z)|,
 
 the density of z that MCMC targets.
+
+Units: the model works in standardized units. ``bayesresnet.fit`` standardizes x and y (each
+column to mean 0, standard deviation 1) before the model sees them, so a ``Posterior``'s draws
+are parameters of the standardized model. Running the Pyro model yourself (``Predictive``,
+``poutine``, your own MCMC or SVI) needs standardized data too: ``pyro.infer.Predictive`` with a
+posterior's draws on raw inputs runs without error and returns silently wrong values. Use
+``Posterior.predict`` (original units in and out), or transform with the posterior's scalers, as
+in the example of :class:`BayesianResNet`; to run your own inference and wrap it in a
+``Posterior``, see :mod:`bayesresnet.pyro_interop` (``standardize`` and ``from_pyro``).
 """
 
 from __future__ import annotations
@@ -63,6 +72,29 @@ class BayesianResNet(PyroModule):
         :class:`~bayesresnet.priors.Hierarchical`.
     likelihood : likelihoods.Gaussian
         Observation model (default: one learned noise scale per output).
+
+    Notes
+    -----
+    **Units.** The model sees standardized data: ``fit`` maps x and y to zero mean and unit
+    standard deviation per column (``Posterior.x_scaler``, ``Posterior.y_scaler``), and the
+    draws of a ``Posterior`` belong to that standardized model. ``pyro.infer.Predictive`` on
+    raw inputs is therefore wrong, without any error. Use ``post.predict(x_new)``, or
+    standardize the inputs and map the outputs back::
+
+        from pyro.infer import Predictive
+
+        x_std = post.x_scaler.transform(torch.as_tensor(x_new, dtype=torch.float64))
+        out = Predictive(model, posterior_samples=post.flat_draws(),
+                         return_sites=["_RETURN", "obs"])(x_std)
+        f = post.y_scaler.inverse_transform(out["_RETURN"])  # (M, N, out_dim) network means
+        y_rep = post.y_scaler.inverse_transform(out["obs"])  # (M, N, out_dim) new observations
+
+    ``f`` equals ``post.predict(x_new).f_samples``.
+
+    Your own MCMC or SVI must run on the standardized data as well:
+    ``x_std, y_std, _, _ = bayesresnet.pyro_interop.standardize(model, x, y)``, then
+    ``bayesresnet.from_pyro(model, x, y, samples=...)`` (or ``guide=...``) makes a
+    ``Posterior`` of the run with the same scalers.
     """
 
     max_plate_nesting: int = 1
@@ -135,6 +167,11 @@ class BayesianResNet(PyroModule):
         """The Pyro model. ``x`` (N, in_dim); ``y`` (N,) or (N, out_dim) or None.
 
         Returns the network's mean output, shape (*S, N, out_dim).
+
+        ``x`` and ``y`` are in the model's standardized units, not the data's original units:
+        pass ``post.x_scaler.transform(x)`` (and map outputs back with
+        ``post.y_scaler.inverse_transform``), or the data from
+        ``bayesresnet.pyro_interop.standardize``; see the class notes.
         """
         values = {name: pyro.sample(name, site.prior) for name, site in self._sites.items()}
         loc, scale = self.loc_scale(values, x)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from .inference.base import InferenceMethod
 
-__all__ = ["Posterior", "Prediction", "as_float_tensor", "check_inputs", "column_names"]
+__all__ = ["Posterior", "Prediction", "as_float_tensor", "check_inputs", "check_targets",
+           "column_names"]
 
 # Budget, in bytes, for the hidden states of one chunk of draws in a batched forward pass. Small
 # enough for a CPU's L2 cache: with 1000 draws, chunks of this size ran about twice as fast as
@@ -75,6 +76,22 @@ def check_inputs(x: Any, in_dim: int, name: str = "x") -> Tensor:
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf values")
     return x
+
+
+def check_targets(y: Any, n: int, out_dim: int, name: str = "y") -> Tensor:
+    """Validate targets for ``n`` inputs: (n,) or (n, out_dim), finite; returns (n, out_dim)."""
+    y = as_float_tensor(y, name)
+    if y.dim() == 1:
+        y = y.unsqueeze(-1)
+    if y.dim() != 2 or y.shape[1] != out_dim:
+        raise ValueError(f"{name} must have shape (N,) or (N, {out_dim}) for a model with "
+                         f"{out_dim} output(s), got shape {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise ValueError(f"the inputs and {name} have different numbers of rows: {n} and "
+                         f"{y.shape[0]}")
+    if not torch.isfinite(y).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return y
 
 
 def column_names(values: Any) -> list[str] | None:

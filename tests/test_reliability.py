@@ -339,8 +339,10 @@ def test_settings_changed_after_construction_are_checked_at_fit(toy, make, setti
 
 
 def test_predict_raises_when_the_scaling_overflows(map_post):
+    # Near the float64 limit: the predictive mean at x = 3 (about +1.5 in standardized units on
+    # the cubic toy) is 1.7e308 + 1.5e308, which overflows.
     huge = Posterior(map_post.model, map_post.draws, {}, map_post.method, map_post.x_scaler,
-                     Standardizer(np.zeros(1), np.full(1, 1e308)), 0, 0.0,
+                     Standardizer(np.full(1, 1.7e308), np.full(1, 1e308)), 0, 0.0,
                      map_post.x_train, map_post.y_train)
     with pytest.raises(ValueError, match="overflow"):
         huge.predict(np.linspace(-3, 3, 5))

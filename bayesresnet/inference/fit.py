@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import Standardizer
 from ..model import BayesianResNet
-from ..posterior import Posterior, as_float_tensor, check_inputs, column_names
+from ..posterior import Posterior, check_inputs, check_targets, column_names
 from .base import InferenceMethod, check_seed
 from .ensemble import MAP, Ensemble
 from .executor import plan_method, run_method, run_plan
@@ -38,20 +38,6 @@ def resolve_method(method: InferenceMethod | str) -> InferenceMethod:
         return METHODS[method.lower()]()
     raise ValueError(f"unknown inference method {method!r}; expected one of {sorted(METHODS)} "
                      "or a method object such as bayesresnet.NUTS(...)")
-
-
-def _check_targets(y: Any, n: int, out_dim: int) -> Any:
-    y = as_float_tensor(y, "y")
-    if y.dim() == 1:
-        y = y.unsqueeze(-1)
-    if y.dim() != 2 or y.shape[1] != out_dim:
-        raise ValueError(f"y must have shape (N,) or (N, {out_dim}) for a model with "
-                         f"{out_dim} output(s), got shape {tuple(y.shape)}")
-    if y.shape[0] != n:
-        raise ValueError(f"x and y have different numbers of rows: {n} and {y.shape[0]}")
-    if not y.isfinite().all():
-        raise ValueError("y contains NaN or inf values")
-    return y
 
 
 def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "nuts", *,
@@ -146,7 +132,7 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     x_t = check_inputs(x, model.in_dim)
-    y_t = _check_targets(y, x_t.shape[0], model.out_dim)
+    y_t = check_targets(y, x_t.shape[0], model.out_dim)
     seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else \
         check_seed(seed)
     if standardize:
