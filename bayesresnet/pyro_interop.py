@@ -85,7 +85,8 @@ PER_DRAW_STATS: dict[str, type] = {
 ``diverging``, ``reached_max_tree_depth`` and ``energy`` feed the divergence, tree-depth and
 E-BFMI checks of :meth:`~bayesresnet.Posterior.diagnose`; all of them are exported to the
 ``sample_stats`` group of :meth:`~bayesresnet.Posterior.to_arviz`. ``log_density`` is the log
-density of the flat unconstrained parameters (as :meth:`BayesianResNet.log_density`)."""
+density of the flat unconstrained parameters (as
+:meth:`~bayesresnet.model.BayesianResNet.log_density`)."""
 
 STAT_ALIASES: dict[str, str] = {
     # ArviZ's sample_stats names

@@ -46,7 +46,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -55,7 +54,10 @@ from pyro.nn import PyroModule, PyroSample
 from torch import Tensor, nn
 
 import bayesresnet as brn
+from bayesresnet.arviz_compat import import_arviz
 from bayesresnet.data import Standardizer
+
+az = import_arviz()
 
 REPO = Path(__file__).resolve().parents[1]
 F64 = torch.float64

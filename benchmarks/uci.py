@@ -261,13 +261,14 @@ def _method_diagnostics(posterior: Any, method: str, pred: Any) -> dict[str, Any
     """A few cheap convergence indicators worth keeping beside the scores."""
     stats = posterior.stats
     if method == "nuts":
-        import arviz as az
+        from bayesresnet.arviz_compat import draws_dataset
+        from bayesresnet.arviz_compat import rhat as compat_rhat
 
         chains, draws = posterior.num_chains, posterior.num_draws
         # Rank-normalized split R-hat of the predictive mean at each test point: identifiable,
         # unlike the weights.
         f = pred.f_samples[..., 0].reshape(chains, draws, -1)
-        rhat = az.rhat(az.convert_to_dataset({"f": f}))["f"].values if chains > 1 else None
+        rhat = compat_rhat(draws_dataset({"f": f}))["f"].values if chains > 1 else None
         return {"divergences": int(np.sum(stats["diverging"])),
                 "mean_tree_depth": float(np.mean(stats["tree_depth"])),
                 "mean_accept_prob": float(np.mean(stats["accept_prob"])),
