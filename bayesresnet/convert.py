@@ -349,7 +349,7 @@ def _prior_groups(posterior: Posterior, build: _GroupBuilder, num: int
                           posterior.y_scaler, posterior.seed, 0.0, posterior.x_train,
                           posterior.y_train, feature_names=posterior.feature_names,
                           target_names=posterior.target_names)
-    loc, scale, _ = prior_run.evaluate(posterior.x_train)
+    loc, scale, _ = prior_run.evaluate(posterior.x_train, network_only=True)
     replicate = _noisy(loc, scale, _seeded(posterior.seed, _STREAM_PRIOR))
     obs_dims = ("chain", "draw", *build.observation_dims("obs_id"))
     return {

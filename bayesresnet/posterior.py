@@ -388,15 +388,23 @@ class Posterior:
         index = torch.randperm(total, generator=generator)[:num_draws].sort().values
         return {k: v[index] for k, v in flat.items()}
 
-    def _loc_scale(self, values: Mapping[str, Tensor], x_std: Tensor) -> tuple[Tensor, Tensor]:
-        """Batched predictive mean and noise (standardized units), chunked over draws."""
+    def _loc_scale(self, values: Mapping[str, Tensor], x_std: Tensor, network_only: bool = False
+                   ) -> tuple[Tensor, Tensor]:
+        """Batched predictive mean and noise (standardized units), chunked over draws.
+
+        A method whose predictive is not the network at the draws (e.g. a linearized Laplace
+        predictive) defines ``predictive_loc_scale(model, values, x_std, extra)``; it is used
+        here, so predictions, the export and the diagnostics all follow it.
+        """
         total = next(iter(values.values())).shape[0]
         chunk = draws_per_chunk(self.model.net, x_std.shape[0], total)
+        own = None if network_only else getattr(self.method, "predictive_loc_scale", None)
         locs, scales = [], []
         with torch.no_grad():
             for start in range(0, total, chunk):
                 part = {k: v[start:start + chunk] for k, v in values.items()}
-                loc, scale = self.model.loc_scale(part, x_std)
+                loc, scale = (self.model.loc_scale(part, x_std) if own is None
+                              else own(self.model, part, x_std, self.extra))
                 locs.append(loc)
                 scales.append(scale)
         return torch.cat(locs), torch.cat(scales)
@@ -459,7 +467,8 @@ class Posterior:
             raise overflow()
         return prediction
 
-    def evaluate(self, x: Any, y: Any = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def evaluate(self, x: Any, y: Any = None, *, network_only: bool = False
+                 ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Network mean, noise scale and pointwise log-likelihood of every draw, original units.
 
         The one path that evaluates all draws (chunked to stay in cache); predictions, the
@@ -471,6 +480,9 @@ class Posterior:
             Inputs in original units.
         y : array (N,) or (N, out_dim), optional
             Observations in original units.
+        network_only : bool
+            Run the network at the draws even when the method defines its own predictive
+            (``predictive_loc_scale``, e.g. a linearized Laplace predictive); for prior draws.
 
         Returns
         -------
@@ -483,7 +495,7 @@ class Posterior:
         """
         x = check_inputs(x, self.model.in_dim)
         values = self.flat_draws()
-        loc, scale = self._loc_scale(values, self.x_scaler.transform(x))
+        loc, scale = self._loc_scale(values, self.x_scaler.transform(x), network_only)
         n, k = x.shape[0], self.model.out_dim
         shape = (self.num_chains, self.num_draws, n, k)
         loc = self.y_scaler.inverse_transform(loc).reshape(shape)
