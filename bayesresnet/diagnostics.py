@@ -163,6 +163,12 @@ class Diagnostics:
                 lines.extend(f"  - {item}" for item in items)
         return "\n".join(lines)
 
+    def add_check(self, check: str, value: float, rule: str, threshold: float,
+                  warning: str) -> None:
+        """Record a check: ``value rule threshold`` (rule ``<``, ``<=``, ``>`` or ``>=``) passes;
+        when it fails, ``warning`` says what went wrong and what to do."""
+        self._add(check, value, rule, threshold, warning)
+
     def _add(self, check: str, value: float, rule: str, threshold: float,
              warning: str | None = None) -> _Check:
         item = _Check(check, float(value), rule, float(threshold))
@@ -439,6 +445,10 @@ def diagnose(posterior: Posterior) -> Diagnostics:
         _diagnose_ensemble(posterior, diag, single=kind == "optimization")
     else:
         diag.notes.append(f"no convergence checks are defined for method {name!r}")
+    # Checks only one method can make (e.g. a Laplace fit's curvature) come from the method.
+    own_checks = getattr(posterior.method, "add_checks", None)
+    if own_checks is not None:
+        own_checks(posterior, diag)
     return diag
 
 
