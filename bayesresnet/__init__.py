@@ -7,7 +7,16 @@ from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
 from .convert import compare
 from .diagnostics import ConvergenceWarning, Diagnostics
 from .fileformat import PosteriorFileError, load
-from .inference import MAP, NUTS, Ensemble, LowRank, MeanField, UnitFailedError, fit
+from .inference import (
+    MAP,
+    NUTS,
+    SWAG,
+    Ensemble,
+    LowRank,
+    MeanField,
+    UnitFailedError,
+    fit,
+)
 from .model import BayesianResNet
 from .ode import stiffness
 from .posterior import Posterior, Prediction
@@ -19,6 +28,7 @@ __all__ = [
     "MAP",
     "MLP",
     "NUTS",
+    "SWAG",
     "BayesianResNet",
     "Constant",
     "ConvergenceWarning",

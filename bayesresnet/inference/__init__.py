@@ -5,7 +5,19 @@ from .ensemble import MAP, Ensemble
 from .executor import UnitFailedError
 from .fit import METHODS, fit
 from .nuts import NUTS
+from .swag import SWAG
 from .vi import LowRank, MeanField
 
-__all__ = ["MAP", "METHODS", "NUTS", "Ensemble", "InferenceMethod", "LowRank", "MeanField",
-           "MethodResult", "UnitFailedError", "fit"]
+__all__ = [
+           "MAP",
+           "METHODS",
+           "NUTS",
+           "SWAG",
+           "Ensemble",
+           "InferenceMethod",
+           "LowRank",
+           "MeanField",
+           "MethodResult",
+           "UnitFailedError",
+           "fit",
+]
