@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .data import Standardizer
 from .model import BayesianResNet
+from .seeds import check_seed
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -373,8 +374,6 @@ class Posterior:
         replacement, reproducibly from ``seed``, an integer in [0, 2**63 - 1]; default: the
         fit's seed); with ``num_draws`` >= total, all draws.
         """
-        from .inference.base import check_seed
-
         if num_draws is not None and (isinstance(num_draws, (bool, np.bool_)) or not isinstance(
                 num_draws, (int, np.integer)) or num_draws < 1):
             raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
@@ -434,8 +433,6 @@ class Posterior:
             For invalid inputs, ``num_draws`` or ``seed``, and when the predictive mean or
             scale is not finite in float64 (inputs, or the data scaling, too large).
         """
-        from .inference.base import check_seed
-
         x = check_inputs(x, self.model.in_dim)
         seed = check_seed(self.seed, "Posterior.seed") if seed is None else check_seed(seed)
         x_std = self.x_scaler.transform(x)

@@ -116,7 +116,7 @@ class _ExternalDraws(InferenceMethod):
             "data from bayesresnet.pyro_interop.standardize(model, x, y), then wrap the result "
             "with bayesresnet.from_pyro(model, x, y, samples=... or guide=...)")
 
-    def validate(self, model: BayesianResNet) -> None:
+    def check_runnable(self) -> None:
         """Always raises: these records cannot be fitted (``fit`` fails here, before any work)."""
         raise self._refuse()
 

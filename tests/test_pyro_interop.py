@@ -14,6 +14,9 @@ from pyro.infer.autoguide import AutoNormal
 import bayesresnet as brn
 from bayesresnet.pyro_interop import PyroGuide, PyroMCMC, from_pyro, standardize
 
+# Run files and the ArviZ export of imported runs: also run on ArviZ 1.x (CONTRIBUTING.md).
+pytestmark = pytest.mark.arviz
+
 NUM_DRAWS = 12
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..model import BayesianResNet
 from ..registry import register_method
+from ..seeds import SEED_MAX, check_seed
 
 __all__ = [
     "SEED_MAX",
@@ -85,6 +86,10 @@ class InferenceMethod(ABC):
     def check_settings(self) -> None:  # noqa: B027 (optional hook)
         """Raise ValueError for settings that are invalid whatever the model (e.g. steps=0)."""
 
+    def check_runnable(self) -> None:  # noqa: B027 (optional hook)
+        """Raise ValueError when :func:`bayesresnet.fit` cannot run this method at all (e.g. a
+        record of draws made outside the library); ``fit`` calls it before any work."""
+
     def validate(self, model: BayesianResNet) -> None:  # noqa: B027 (optional hook)
         """Raise ValueError for settings that do not fit this model (e.g. rank > dim)."""
 
@@ -97,35 +102,6 @@ class InferenceMethod(ABC):
     def config(self) -> dict[str, Any]:
         """Settings as a JSON-able dict, with the method's ``name``."""
         return {"name": self.name, **dataclasses.asdict(self)}
-
-
-SEED_MAX = 2**63 - 1
-"""The largest seed :func:`bayesresnet.fit`, ``Posterior.predict`` and ``flat_draws`` accept.
-
-Seeds are integers in [0, 2**63 - 1]: every stream derived from one stays valid for
-``torch.Generator.manual_seed`` (which takes at most 2**64 - 1): ``seed + 1`` and the 32-bit
-``SeedSequence`` streams of :func:`~bayesresnet.inference.executor.derived_seed`. The range
-also fits a signed 64-bit integer, so a seed survives any file format."""
-
-
-def check_seed(seed: Any, name: str = "seed") -> int:
-    """``seed`` as a Python int, or a ValueError naming ``name`` and the accepted range.
-
-    Parameters
-    ----------
-    seed : int or numpy integer
-        In [0, :data:`SEED_MAX`]; bools, floats (even integral ones) and strings are rejected.
-    name : str
-        What the seed is called in the error message.
-
-    Returns
-    -------
-    int
-    """
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
-            or not 0 <= int(seed) <= SEED_MAX:
-        raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {seed!r}")
-    return int(seed)
 
 
 def check_positive_int(owner: str, name: str, value: Any) -> None:

@@ -126,6 +126,7 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
         raise ValueError(f"model must be a BayesianResNet, got {type(model).__name__}")
     method = resolve_method(method)
     method.check_settings()  # settings may have changed since construction
+    method.check_runnable()
     method.validate(model)
     if executor is not None and not isinstance(executor, concurrent.futures.Executor):
         raise ValueError("executor must be a concurrent.futures.Executor (e.g. a "
