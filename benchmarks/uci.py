@@ -191,8 +191,10 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
     if quick:
         methods = {
             "map": {"steps": 300, "lr": 0.01},
+            "laplace": {"steps": 300, "lr": 0.01},
             "ensemble": {"members": 5, "steps": 300, "lr": 0.01},
-            "swag": {"members": 3, "pretrain_steps": 300, "lr": 0.01, "swa_steps": 300},
+            "swag": {"members": 3, "pretrain_steps": 300, "lr": 0.01, "swa_steps": 300,
+                     "swa_lr": None, "swa_lr_scale": 1.0, "curvature_iterations": 20},
             "meanfield": {"steps": 1000, "lr": 0.01, "num_particles": 1, "num_draws": 100,
                           "backend": "flat"},
             "lowrank": {"steps": 300, "lr": 0.01, "num_particles": 1, "num_draws": 100,
@@ -203,9 +205,14 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
     else:
         methods = {
             "map": {"steps": 1000, "lr": 0.01},
+            # Full-GGN linearized Laplace at a MAP of the same length, prior and noise fitted by
+            # the marginal likelihood (the class defaults otherwise).
+            "laplace": {"steps": 1000, "lr": 0.01},
             "ensemble": {"members": 10, "steps": 1000, "lr": 0.01},
-            # MultiSWAG: the ensemble's members and MAP phase, then 1000 SWA steps each.
-            "swag": {"members": 10, "pretrain_steps": 1000, "lr": 0.01, "swa_steps": 1000},
+            # MultiSWAG: the ensemble's members and MAP phase, then 1000 SWA steps each at a
+            # learning rate of 1 / lambda_max, the top curvature at each member's MAP point.
+            "swag": {"members": 10, "pretrain_steps": 1000, "lr": 0.01, "swa_steps": 1000,
+                     "swa_lr": None, "swa_lr_scale": 1.0, "curvature_iterations": 20},
             "meanfield": {"steps": 20000, "lr": 0.01, "num_particles": 2, "num_draws": 500,
                           "backend": "flat"},
             "lowrank": {"steps": 2000, "lr": 0.01, "num_particles": 2, "num_draws": 500,

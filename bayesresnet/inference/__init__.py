@@ -1,23 +1,25 @@
-"""Inference: one ``fit`` for NUTS, mean-field and low-rank VI, deep ensembles and MAP."""
+"""Inference: one ``fit`` for NUTS, VI, Laplace, SWAG, deep ensembles and MAP."""
 
 from .base import InferenceMethod, MethodResult
 from .ensemble import MAP, Ensemble
 from .executor import UnitFailedError
 from .fit import METHODS, fit
+from .laplace import Laplace
 from .nuts import NUTS
 from .swag import SWAG
 from .vi import LowRank, MeanField
 
 __all__ = [
-           "MAP",
-           "METHODS",
-           "NUTS",
-           "SWAG",
-           "Ensemble",
-           "InferenceMethod",
-           "LowRank",
-           "MeanField",
-           "MethodResult",
-           "UnitFailedError",
-           "fit",
+    "MAP",
+    "METHODS",
+    "NUTS",
+    "SWAG",
+    "Ensemble",
+    "InferenceMethod",
+    "Laplace",
+    "LowRank",
+    "MeanField",
+    "MethodResult",
+    "UnitFailedError",
+    "fit",
 ]

@@ -15,6 +15,7 @@ from ..posterior import Posterior, check_inputs, check_targets, column_names
 from .base import InferenceMethod, check_seed
 from .ensemble import MAP, Ensemble
 from .executor import plan_method, run_method, run_plan
+from .laplace import Laplace
 from .nuts import NUTS
 from .swag import SWAG
 from .vi import LowRank, MeanField
@@ -28,6 +29,7 @@ METHODS: dict[str, type[InferenceMethod]] = {
     "ensemble": Ensemble,
     "map": MAP,
     "swag": SWAG,
+    "laplace": Laplace,
 }
 """Inference method classes by the names that :func:`fit` accepts as ``method=``."""
 
@@ -56,8 +58,8 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
     y : array or tensor (N,) or (N, out_dim)
         Training targets.
     method : str or InferenceMethod
-        ``"nuts"``, ``"meanfield"``, ``"lowrank"``, ``"ensemble"``, ``"map"``, ``"swag"``, or a
-        configured object such as ``NUTS(chains=8)``.
+        ``"nuts"``, ``"meanfield"``, ``"lowrank"``, ``"ensemble"``, ``"map"``, ``"swag"``,
+        ``"laplace"``, or a configured object such as ``NUTS(chains=8)``.
     seed : int, optional
         Seed of every random choice of the fit, an integer in [0, 2**63 - 1]
         (:data:`~bayesresnet.inference.base.SEED_MAX`); drawn at random (and recorded in
