@@ -2,7 +2,8 @@
 
 The statistical test runs SGD with Gaussian gradient noise on a known quadratic, where the
 iterates form a linear autoregression whose stationary covariance and lagged covariances are
-known exactly, so the expected SWAG mean and covariance are known too.
+known exactly, so the expected SWAG mean and covariance are known too. Its learning rate comes
+from the curvature rule, whose lambda_max on a quadratic is known exactly.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ from bayesresnet.arviz_compat import loo as compat_loo
 from bayesresnet.data import Standardizer, cubic
 from bayesresnet.diagnostics import Diagnostics
 from bayesresnet.export import load, save
-from bayesresnet.inference.ensemble import Ensemble
+from bayesresnet.inference.base import seeded_generator
+from bayesresnet.inference.ensemble import (
+    Ensemble,
+    default_batch_size,
+    initial_points,
+    train_members,
+)
+from bayesresnet.inference.optim import map_objective
 from bayesresnet.inference.swag import (
     SWAG,
     SwagGaussian,
     SwagMoments,
+    max_curvature,
     swa_batch_size,
     swa_sgd,
 )
@@ -119,6 +128,8 @@ def test_swag_of_sgd_with_gaussian_gradient_noise_on_a_quadratic_matches_theory(
     # z <- z + lr (A (mu - z) + xi), a linear AR(1) with M = I - lr A and noise lr^2 S, whose
     # stationary covariance solves Sigma = M Sigma M' + lr^2 S. Runs start from N(mu, Sigma), so
     # every collected iterate is stationary and the SWAG expectations are exact (no burn-in).
+    # The learning rate is SWAG's curvature rule, 0.3 / lambda_max(A) = 0.3 / 6 = 0.05, one per
+    # member from its own Lanczos run.
     gen = torch.Generator().manual_seed(20261206)
     dim, members, num_data = 3, 4000, 7
     lr, collect_every, collected, rank = 0.05, 10, 40, 10
@@ -142,7 +153,11 @@ def test_swag_of_sgd_with_gaussian_gradient_noise_on_a_quadratic_matches_theory(
 
     start = mu + torch.randn(members, dim, generator=gen, dtype=torch.float64) @ \
         torch.linalg.cholesky(torch.as_tensor(sigma)).T
-    gaussian, history = swa_sgd(objective, start, steps=collect_every * collected, lr=lr,
+    lambda_max = max_curvature(objective, start, num_data=num_data, iterations=20, generator=gen)
+    torch.testing.assert_close(lambda_max, torch.full((members,), 6.0, dtype=torch.float64),
+                               rtol=1e-12, atol=0.0)
+    member_lr = 0.3 / lambda_max
+    gaussian, history = swa_sgd(objective, start, steps=collect_every * collected, lr=member_lr,
                                 collect_every=collect_every, rank=rank, num_data=num_data,
                                 batch_size=None)
     assert history.shape == (collect_every * collected, members)
@@ -167,6 +182,74 @@ def test_swag_of_sgd_with_gaussian_gradient_noise_on_a_quadratic_matches_theory(
     assert np.abs(z_cov).max() < 4.5, (z_cov, estimate, expected[upper])
     # For nearly independent, numerous iterates this is the paper's 0.5 (diag + full) of sigma.
     np.testing.assert_allclose(np.diag(expected), np.diag(sigma), rtol=0.2)
+
+
+def _quadratic(a, mu, num_data):
+    """N times the per-point objective -0.5 (z - mu_c)' A_c (z - mu_c) + sum(z) of each member
+    c, for A (C, D, D) and mu (C, D)."""
+    def objective(z, batch):
+        diff = z - mu
+        return num_data * (-0.5 * (diff * (a @ diff.unsqueeze(-1)).squeeze(-1)).sum(-1)
+                           + z.sum(-1))
+    return objective
+
+
+def test_max_curvature_is_exact_on_quadratics_member_by_member():
+    gen = torch.Generator().manual_seed(4)
+    # D = 3 <= iterations: the Krylov space is the whole space, the estimate exact, and later
+    # steps find it invariant. Members have their own Hessians (scaled copies of one).
+    rot = _rotation(3, gen)
+    base = rot @ torch.diag(torch.tensor([0.5, 2.0, 6.0], dtype=torch.float64)) @ rot.T
+    factors = torch.tensor([1.0, 10.0, 1e-3, 250.0], dtype=torch.float64)
+    a = factors[:, None, None] * base
+    z = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    estimate = max_curvature(_quadratic(a, torch.zeros(4, 3, dtype=torch.float64), 11), z,
+                             num_data=11, iterations=20, generator=gen)
+    torch.testing.assert_close(estimate, 6.0 * factors, rtol=1e-12, atol=0.0)
+    # D = 200 > iterations, a spread spectrum with a gap at the top: 20 Lanczos steps converge
+    # to roundoff where 20 power-iteration steps would be off by (5.5 / 6)^40 = 3%.
+    dim = 200
+    spectrum = torch.cat([torch.logspace(-3, math.log10(5.5), dim - 1, dtype=torch.float64),
+                          torch.tensor([6.0], dtype=torch.float64)])
+    rot = _rotation(dim, gen)
+    a = (rot @ torch.diag(spectrum) @ rot.T).expand(2, dim, dim)
+    mu = torch.randn(2, dim, generator=gen, dtype=torch.float64)
+    estimate = max_curvature(_quadratic(a, mu, 5), mu + 1.0, num_data=5, iterations=20,
+                             generator=gen)
+    torch.testing.assert_close(estimate, torch.full((2,), 6.0, dtype=torch.float64),
+                               rtol=1e-9, atol=0.0)
+    # Indefinite and negative definite Hessians: the largest eigenvalue, whatever its sign.
+    signs = torch.diag(torch.tensor([-3.0, 1.0, 2.0], dtype=torch.float64))
+    a = torch.stack([signs, -torch.eye(3, dtype=torch.float64)])
+    estimate = max_curvature(_quadratic(a, torch.zeros(2, 3, dtype=torch.float64), 1),
+                             torch.zeros(2, 3, dtype=torch.float64), num_data=1, generator=gen)
+    torch.testing.assert_close(estimate, torch.tensor([2.0, -1.0], dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="not finite"):
+        max_curvature(lambda z, batch: -(z * z).sum(-1) / 0.0, z, num_data=1)
+
+
+def test_swa_sgd_with_one_learning_rate_per_member_runs_each_at_its_own():
+    v = torch.tensor([[1.0, -2.0], [0.5, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    z0 = torch.zeros(3, 2, dtype=torch.float64)
+    lr = torch.tensor([0.1, 0.02, 0.5], dtype=torch.float64)
+
+    def toward(target):
+        return lambda z, batch: -((z - target) ** 2).sum(-1)
+
+    objective = toward(v)
+    together, _ = swa_sgd(objective, z0, steps=12, lr=lr, collect_every=3, rank=3,
+                          num_data=4, batch_size=None)
+    for c in range(3):
+        alone, _ = swa_sgd(toward(v[c:c + 1]), z0[c:c + 1], steps=12, lr=float(lr[c]),
+                           collect_every=3, rank=3, num_data=4, batch_size=None)
+        assert torch.equal(together.mean[c], alone.mean[0])
+        assert torch.equal(together.deviations[c], alone.deviations[0])
+    for bad in (torch.tensor([0.1, 0.0, 0.1]), torch.tensor([0.1, float("inf"), 0.1]),
+                torch.tensor([0.1, 0.1])):
+        with pytest.raises(ValueError, match="lr"):
+            swa_sgd(objective, z0, steps=12, lr=bad.double(), collect_every=3, rank=3,
+                    num_data=4, batch_size=None)
 
 
 def test_swa_sgd_steps_and_collection_on_a_linear_objective():
@@ -328,6 +411,63 @@ def test_draws_stats_and_extra(toy, post):
     assert post.extra["swag_deviations"].shape == (members, model.dim, TINY["rank"])
     assert post.extra["collected"] == TINY["swa_steps"] // TINY["collect_every"]
     assert post.extra["batch_size"] == swa_batch_size(len(x))
+    # The default rule: each member's rate is swa_lr_scale / its own lambda_max.
+    lambda_max, lr = post.extra["swa_lambda_max"], post.extra["swa_lr"]
+    assert lambda_max.shape == lr.shape == (members,) and np.all(lambda_max > 0)
+    np.testing.assert_allclose(lr * lambda_max, post.method.swa_lr_scale, rtol=1e-12)
+    assert len(np.unique(lr)) == members
+
+
+def test_curvature_is_taken_at_each_members_map_point(toy):
+    model, x_std, y_std = _standardized(toy)
+    seed, n = 3, x_std.shape[0]
+    result = SWAG(**TINY).run(model, x_std, y_std, seed=seed, progress=False)
+    generator = seeded_generator(seed)
+    z_map, _, _ = train_members(model, x_std, y_std, initial_points(model, generator,
+                                                                    TINY["members"]),
+                                steps=TINY["pretrain_steps"], lr=0.01,
+                                batch_size=default_batch_size(n), generator=generator)
+    expected = max_curvature(map_objective(model, x_std, y_std, jacobian=True), z_map,
+                             num_data=n, iterations=60, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(result.extra["swa_lambda_max"], expected.numpy(), rtol=1e-6)
+
+
+def test_an_explicit_swa_lr_gives_the_draws_of_a_constant_rate(toy):
+    # swa_lr=3e-4 set explicitly is the former default: MAP phase, SWA phase at 3e-4 and draws,
+    # all from the seed's one stream. The curvature, computed and recorded for either rule, draws
+    # from a stream of its own, so the draws are exactly those of this constant-rate pipeline.
+    model, x_std, y_std = _standardized(toy)
+    seed, n, members = 3, x_std.shape[0], TINY["members"]
+    result = SWAG(**TINY, swa_lr=3e-4).run(model, x_std, y_std, seed=seed, progress=False)
+    generator = seeded_generator(seed)
+    z_map, _, _ = train_members(model, x_std, y_std, initial_points(model, generator, members),
+                                steps=TINY["pretrain_steps"], lr=0.01,
+                                batch_size=default_batch_size(n), generator=generator)
+    gaussian, history = swa_sgd(map_objective(model, x_std, y_std, jacobian=True), z_map,
+                                steps=TINY["swa_steps"], lr=3e-4,
+                                collect_every=TINY["collect_every"], rank=TINY["rank"],
+                                num_data=n, batch_size=swa_batch_size(n), generator=generator)
+    values, _ = model.constrain(gaussian.sample(TINY["num_draws"], generator))
+    for name, value in values.items():
+        expected = value.reshape(1, members * TINY["num_draws"], *value.shape[2:])
+        assert torch.equal(result.draws[name], expected), name
+    np.testing.assert_array_equal(result.stats["swa_loss"], (-history).numpy())
+    np.testing.assert_array_equal(result.extra["swa_lr"], np.full(members, 3e-4))
+    assert np.all(result.extra["swa_lambda_max"] > 0)
+    # The curvature rule runs on the same minibatches from the same MAP points: only the rate
+    # differs.
+    curvature = SWAG(**TINY).run(model, x_std, y_std, seed=seed, progress=False)
+    np.testing.assert_array_equal(curvature.stats["loss"], result.stats["loss"])
+    np.testing.assert_array_equal(curvature.extra["swa_lambda_max"],
+                                  result.extra["swa_lambda_max"])
+    assert not np.array_equal(curvature.stats["swa_loss"], result.stats["swa_loss"])
+
+
+def test_divergence_names_the_relative_step(toy):
+    model, x_std, y_std = _standardized(toy)
+    with pytest.raises(RuntimeError, match=r"swa_lr \* lambda_max"):
+        SWAG(**{**TINY, "members": 1}, swa_lr=1e3).run(model, x_std, y_std, seed=0,
+                                                        progress=False)
 
 
 def test_log_q_is_the_mixture_density_of_the_constrained_draws(toy, post):
@@ -423,6 +563,11 @@ def test_diagnostics(toy, post):
     ({"lr": 0.0}, "lr"),
     ({"swa_lr": float("nan")}, "swa_lr"),
     ({"swa_lr": "1e-4"}, "swa_lr"),
+    ({"swa_lr": 0.0}, "swa_lr"),
+    ({"swa_lr_scale": 0.0}, "swa_lr_scale"),
+    ({"swa_lr_scale": 2.0}, "stability limit"),
+    ({"swa_lr_scale": None}, "swa_lr_scale"),
+    ({"curvature_iterations": 0}, "curvature_iterations"),
     ({"batch_size": 0}, "batch_size"),
     ({"members_per_unit": 0}, "members_per_unit"),
     ({"swa_steps": 100, "collect_every": 10, "rank": 20}, "fewer than rank"),

@@ -21,7 +21,10 @@ Every member here goes through three phases, all members together as one batched
    spreads the iterates: full-batch gradient descent at a stable learning rate converges to the
    mode and leaves the Gaussian with almost no width, which is why this phase uses minibatches
    even on small data sets (:func:`swa_batch_size`). Every ``collect_every`` steps the iterate is
-   collected (:class:`SwagMoments`).
+   collected (:class:`SwagMoments`). Each member's learning rate is by default a fixed fraction
+   of SGD's stability limit at its MAP point, ``swa_lr_scale / lambda_max`` with lambda_max the
+   largest Hessian eigenvalue of the loss per data point there (:func:`max_curvature`, a few
+   Lanczos steps of Hessian-vector products), or one constant ``swa_lr`` for all.
 3. **Draws.** ``num_draws`` independent draws from each member's Gaussian (:class:`SwagGaussian`).
 
 Space. The moments are taken of z, the vector samplers move in: network coefficients as they
@@ -67,10 +70,13 @@ if TYPE_CHECKING:
     from ..diagnostics import Diagnostics
     from ..posterior import Posterior
 
-__all__ = ["SWAG", "SwagGaussian", "SwagMoments", "swa_batch_size", "swa_sgd"]
+__all__ = ["SWAG", "SwagGaussian", "SwagMoments", "max_curvature", "swa_batch_size", "swa_sgd"]
 
 # Stream of the generators of member groups k > 0, derived from (seed, stream, k).
 _STREAM_GROUP = 1
+# Stream of group k's Lanczos starting vectors, derived from (seed, stream, k): the curvature
+# draws nothing from the stream of the minibatches and the draws.
+_STREAM_CURVATURE = 2
 
 # Above this many training points the SWA phase uses minibatches of at most this size.
 _MAX_SWA_BATCH = 256
@@ -248,7 +254,98 @@ class SwagMoments:
 Objective = Callable[[Tensor, Tensor | None], Tensor]
 
 
-def swa_sgd(objective: Objective, z0: Tensor, *, steps: int, lr: float, collect_every: int,
+def max_curvature(objective: Objective, z: Tensor, *, num_data: int, iterations: int = 20,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Largest Hessian eigenvalue of the per-point loss ``-objective(z, None) / num_data`` at
+    each of C points, by Lanczos iteration with Hessian-vector products.
+
+    The loss per data point is what :func:`swa_sgd` descends with its learning rate, so
+    ``lr * max_curvature`` is the step size relative to the stiffest direction: gradient
+    descent on a quadratic is stable for ``lr * lambda_max < 2`` and diverges above.
+
+    The C points are independent problems (``objective`` of row c depends on row c alone), so
+    one Hessian-vector product of the summed objective (double backward through one retained
+    gradient graph) is C products at once. Each member runs ``iterations`` Lanczos steps from
+    a random unit vector, with full reorthogonalization; the largest eigenvalue of the
+    tridiagonal matrix (the top Ritz value) is the estimate. It is a lower bound that converges
+    much faster than power iteration: at the MAP points of the UCI benchmark network 10 steps
+    agree with 40 to 5 digits, where 10 power-iteration steps are up to 6% low. If the Krylov
+    space becomes invariant (always by step D) the member's estimate is exact and its remaining
+    steps add only zero eigenvalues. The objective is evaluated full batch (``batch=None``).
+
+    Parameters
+    ----------
+    objective : callable(z (C, D), batch_index (B,) or None) -> (C,)
+        Twice differentiable.
+    z : tensor (C, D)
+        Where to take the curvature (each member's MAP point).
+    num_data : int
+        N: the Hessian is that of ``-objective / N``.
+    iterations : int
+        Lanczos steps (Hessian-vector products), at most D are used.
+    generator : torch.Generator, optional
+        Draws the starting vectors.
+
+    Returns
+    -------
+    tensor (C,)
+        Estimated largest eigenvalue of each member's Hessian, detached.
+
+    Raises
+    ------
+    RuntimeError
+        The objective, its gradient or a Hessian-vector product is not finite.
+    """
+    check_positive_int("max_curvature", "num_data", num_data)
+    check_positive_int("max_curvature", "iterations", iterations)
+    members, dim = z.shape
+    steps = min(int(iterations), dim)
+    point = z.detach().clone().requires_grad_(True)
+    values = objective(point, None)
+    (grad,) = torch.autograd.grad(values.sum(), point, create_graph=True)
+    if not bool(torch.isfinite(values).all() and torch.isfinite(grad).all()):
+        raise RuntimeError("max_curvature: the objective or its gradient is not finite")
+    dtype = z.dtype
+    basis = torch.zeros((members, steps, dim), dtype=dtype)
+    alpha = torch.zeros((members, steps), dtype=dtype)
+    beta = torch.zeros((members, steps), dtype=dtype)
+    used = torch.zeros((members, steps), dtype=torch.bool)
+    active = torch.ones(members, dtype=torch.bool)
+    scale = torch.zeros(members, dtype=dtype)
+    tolerance = math.sqrt(torch.finfo(dtype).eps)
+    v = torch.randn((members, dim), generator=generator, dtype=dtype)
+    v = v / v.norm(dim=-1, keepdim=True)
+    for j in range(steps):
+        used[:, j] = active
+        basis[:, j] = v
+        (product,) = torch.autograd.grad(grad, point, grad_outputs=v, retain_graph=True)
+        w = -product.detach() / num_data
+        if not bool(torch.isfinite(w).all()):
+            raise RuntimeError("max_curvature: a Hessian-vector product is not finite")
+        alpha[:, j] = (w * v).sum(-1)
+        scale = torch.maximum(scale, w.norm(dim=-1))
+        if j + 1 == steps:
+            break
+        previous = basis[:, :j + 1]
+        for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
+            w = w - torch.einsum("ck,ckd->cd", torch.einsum("ckd,cd->ck", previous, w), previous)
+        norm = w.norm(dim=-1)
+        # A vanishing residual: the Krylov space is invariant, its Ritz values are exact, and
+        # the member's later vectors are zero.
+        active = active & (norm > tolerance * scale)
+        beta[:, j] = torch.where(active, norm, 0.0)
+        v = torch.where(active[:, None], w / norm.clamp_min(torch.finfo(dtype).tiny)[:, None],
+                        0.0)
+    # The rows after an invariant space are decoupled; their diagonal is set to alpha_0, a
+    # Rayleigh quotient of the space, so they add no eigenvalue above its top one.
+    alpha = torch.where(used, alpha, alpha[:, :1])
+    tridiagonal = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + \
+        torch.diag_embed(beta[:, :-1], -1)
+    return torch.linalg.eigvalsh(tridiagonal)[:, -1]
+
+
+def swa_sgd(objective: Objective, z0: Tensor, *, steps: int, lr: float | Tensor,
+            collect_every: int,
             rank: int, num_data: int, batch_size: int | None,
             generator: torch.Generator | None = None,
             callback: Callable[[int, Tensor], None] | None = None
@@ -262,8 +359,9 @@ def swa_sgd(objective: Objective, z0: Tensor, *, steps: int, lr: float, collect_
 
     i.e. SGD with learning rate ``lr`` on the objective per data point, the scale of the averaged
     losses of Maddox et al. (the objective itself is rescaled to all N points, as
-    ``bayesresnet.inference.optim.map_objective`` does). After every ``collect_every``
-    steps the iterate is collected (:class:`SwagMoments`).
+    ``bayesresnet.inference.optim.map_objective`` does). ``lr`` is one number for all members
+    or one per member. After every ``collect_every`` steps the iterate is collected
+    (:class:`SwagMoments`).
 
     Parameters
     ----------
@@ -272,8 +370,8 @@ def swa_sgd(objective: Objective, z0: Tensor, *, steps: int, lr: float, collect_
         Starting points (the end of the MAP phase).
     steps : int
         SGD steps; ``steps // collect_every`` iterates are collected, at least ``rank``.
-    lr : float
-        Constant learning rate on the per-point scale.
+    lr : float or tensor (C,)
+        Constant learning rate on the per-point scale, shared or per member (positive).
     collect_every : int
         Steps between collected iterates.
     rank : int
@@ -303,13 +401,19 @@ def swa_sgd(objective: Objective, z0: Tensor, *, steps: int, lr: float, collect_
     """
     check_positive_int("swa_sgd", "steps", steps)
     check_positive_int("swa_sgd", "collect_every", collect_every)
-    check_positive_float("swa_sgd", "lr", lr)
+    if isinstance(lr, Tensor):
+        if lr.shape != z0.shape[:1] or not bool(torch.isfinite(lr).all() and (lr > 0).all()):
+            raise ValueError(f"swa_sgd: lr must be a positive number or {z0.shape[0]} finite "
+                             f"positive numbers, got {lr!r}")
+    else:
+        check_positive_float("swa_sgd", "lr", lr)
     if steps // collect_every < rank:
         raise ValueError(f"swa_sgd: {steps} steps collect {steps // collect_every} iterates "
                          f"every {collect_every} steps, fewer than rank={rank}")
     moments = SwagMoments(z0.shape[0], z0.shape[1], rank, z0.dtype)
     minibatch = batch_size is not None and batch_size < num_data
-    step_size = lr / num_data
+    step_size = (lr.detach().to(z0.dtype) / num_data).unsqueeze(-1) if isinstance(lr, Tensor) \
+        else lr / num_data
     z = z0.detach().clone()
     history = torch.empty((steps, z0.shape[0]), dtype=z0.dtype)
     for step in range(steps):
@@ -324,8 +428,9 @@ def swa_sgd(objective: Objective, z0: Tensor, *, steps: int, lr: float, collect_
                 bad = int((~finite).nonzero()[0, 0])
                 where = "at the starting point" if step == 0 else f"at SGD step {step}"
                 raise RuntimeError(f"SWA phase: the objective or its gradient of member {bad} "
-                                   f"is not finite {where}; use a smaller swa_lr (or, at the "
-                                   "start, a better converged MAP phase)")
+                                   f"is not finite {where}; use a smaller swa_lr or "
+                                   "swa_lr_scale (or, at the start, a better converged MAP "
+                                   "phase)")
             z = (z + step_size * grad).detach()
         history[step] = values.detach()
         if (step + 1) % collect_every == 0:
@@ -343,6 +448,8 @@ class _GroupResult:
     gaussian: SwagGaussian
     z: Tensor  # (C, num_draws, D)
     log_det: Tensor  # (C, num_draws)
+    lambda_max: Tensor  # (C,), the curvature at each member's MAP point
+    swa_lr: Tensor  # (C,), each member's SWA learning rate
 
 
 def _run_member_group(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor,
@@ -356,6 +463,22 @@ def _run_member_group(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor,
         model, x, y, z0, steps=settings["pretrain_steps"], lr=settings["lr"],
         batch_size=settings["pretrain_batch_size"], generator=generator, progress=progress,
         desc=f"{label} MAP")
+    objective = map_objective(model, x, y, jacobian=True)
+    curvature_generator = torch.Generator()
+    curvature_generator.set_state(settings["curvature_state"])
+    lambda_max = max_curvature(objective, z_map, num_data=x.shape[0],
+                               iterations=settings["curvature_iterations"],
+                               generator=curvature_generator)
+    if settings["swa_lr"] is None:
+        if not bool((lambda_max > 0).all()):
+            raise RuntimeError(f"SWA phase: the largest curvature at the MAP points is "
+                               f"{lambda_max.tolist()}, not positive everywhere: some member is "
+                               "not at a minimum (raise pretrain_steps), or set swa_lr")
+        lr: float | Tensor = settings["swa_lr_scale"] / lambda_max
+        lrs = lr
+    else:
+        lr = settings["swa_lr"]
+        lrs = torch.full_like(lambda_max, lr)
     swa_steps = settings["swa_steps"]
     every = max(1, swa_steps // 100)
     with make_progress(progress, swa_steps, f"{label} SWA") as bar:
@@ -364,18 +487,25 @@ def _run_member_group(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor,
                 bar.update(step + 1 - bar.n)
                 bar.set_postfix(loss=f"{-values.mean().item():.4g}", refresh=False)
 
-        gaussian, swa_history = swa_sgd(
-            map_objective(model, x, y, jacobian=True), z_map, steps=swa_steps,
-            lr=settings["swa_lr"], collect_every=settings["collect_every"],
-            rank=settings["rank"], num_data=x.shape[0], batch_size=settings["batch_size"],
-            generator=generator, callback=callback if progress else None)
+        try:
+            gaussian, swa_history = swa_sgd(
+                objective, z_map, steps=swa_steps, lr=lr,
+                collect_every=settings["collect_every"], rank=settings["rank"],
+                num_data=x.shape[0], batch_size=settings["batch_size"], generator=generator,
+                callback=callback if progress else None)
+        except RuntimeError as err:
+            relative = ", ".join(f"{v:.3g}" for v in (lrs * lambda_max).tolist())
+            raise RuntimeError(f"{err}. The members' swa_lr * lambda_max (the step relative to "
+                               f"the curvature at the MAP, stable below 2) were {relative}"
+                               ) from None
     with torch.no_grad():
         z = gaussian.sample(settings["num_draws"], generator)
         values, log_det = model.constrain(z)
         log_joint = _chunked_log_joint(model, values, x, y)
     stats = {"loss": (-loss_history).numpy(), "swa_loss": (-swa_history).numpy(),
              "log_joint": log_joint.numpy()}
-    return _GroupResult(MethodResult(dict(values), stats), gaussian, z, log_det)
+    return _GroupResult(MethodResult(dict(values), stats), gaussian, z, log_det, lambda_max,
+                        lrs.detach().clone())
 
 
 def _chunked_log_joint(model: BayesianResNet, values: dict[str, Tensor], x: Tensor,
@@ -419,7 +549,9 @@ def _combine_member_groups(results: list[_GroupResult], *, batch_size: int | Non
              "log_q": log_q.reshape(1, total).numpy()}
     extra = {"swag_mean": gaussian.mean, "swag_variance": gaussian.variance,
              "swag_deviations": gaussian.deviations, "collected": int(collected),
-             "batch_size": None if batch_size is None else int(batch_size)}
+             "batch_size": None if batch_size is None else int(batch_size),
+             "swa_lambda_max": torch.cat([r.lambda_max for r in results]).numpy(),
+             "swa_lr": torch.cat([r.swa_lr for r in results]).numpy()}
     return MethodResult(draws, stats, extra)
 
 
@@ -428,8 +560,9 @@ class SWAG(InferenceMethod):
     """SWAG and MultiSWAG: a Gaussian per member fitted to constant-learning-rate SGD iterates.
 
     Each member is trained to a MAP point as an :class:`~bayesresnet.inference.ensemble.Ensemble`
-    member, then runs ``swa_steps`` steps of minibatch SGD with the constant learning rate
-    ``swa_lr``; every ``collect_every`` steps its iterate is collected, and its Gaussian is
+    member, then runs ``swa_steps`` steps of minibatch SGD with a constant learning rate (its
+    own, ``swa_lr_scale / lambda_max``, by default); every ``collect_every`` steps its iterate
+    is collected, and its Gaussian is
     N(mean, 0.5 * (diag + D D^T / (K - 1))) of those iterates (Maddox et al. 2019), in the flat
     unconstrained space z (see :mod:`bayesresnet.inference.swag`). With ``members > 1`` this is
     MultiSWAG (Wilson & Izmailov 2020): the posterior is the equal-weight mixture of the
@@ -447,11 +580,24 @@ class SWAG(InferenceMethod):
         else minibatches of 256 (:func:`~bayesresnet.inference.ensemble.default_batch_size`).
     swa_steps : int
         SGD steps of the SWA phase.
-    swa_lr : float
-        The SWA phase's constant SGD learning rate, on the scale of the objective per data
-        point (log density / N): a step moves z by ``swa_lr * grad(log density) / N``. It sets
-        the spread of the iterates, and so of the Gaussian: SGD has no posterior-matching
-        learning rate in general, and larger values diverge (an error names the step).
+    swa_lr : float, optional
+        One constant SGD learning rate for every member's SWA phase, on the scale of the
+        objective per data point (log density / N): a step moves z by
+        ``swa_lr * grad(log density) / N``. None (the default): each member's own rate
+        ``swa_lr_scale / lambda_max``. A constant rate that suits one data set can be above
+        ``2 / lambda_max`` on another, where SGD diverges (an error names the step and the
+        members' ``swa_lr * lambda_max``).
+    swa_lr_scale : float
+        With ``swa_lr=None``, each member's learning rate is ``swa_lr_scale / lambda_max``,
+        lambda_max the largest eigenvalue of the Hessian of the loss per data point (minus the
+        log density of z over N, full batch) at the member's MAP point (:func:`max_curvature`).
+        Dimensionless, in (0, 2): gradient descent on a quadratic is stable below 2 (in the
+        stiffest direction, ``1 - lr lambda_max`` is the contraction per step). Ignored when
+        ``swa_lr`` is set.
+    curvature_iterations : int
+        Lanczos steps (Hessian-vector products, each about two full-batch gradients) of
+        :func:`max_curvature`; it runs for either rule (its result is recorded), from a random
+        stream of its own, so the minibatches and draws are those of the same seed either way.
     collect_every : int
         Steps between collected iterates (Maddox et al. collect once per epoch).
     rank : int
@@ -485,7 +631,9 @@ class SWAG(InferenceMethod):
     log density of each draw's constrained values under the mixture of all members' Gaussians.
     ``extra``: ``swag_mean`` and ``swag_variance`` (members, dim), ``swag_deviations``
     (members, dim, rank) of the flat vector z (:class:`SwagGaussian`), ``collected`` (iterates
-    per member) and ``batch_size`` (of the SWA phase; None for full batch).
+    per member), ``batch_size`` (of the SWA phase; None for full batch), ``swa_lambda_max``
+    (members,), the curvature lambda_max at each member's MAP point, and ``swa_lr`` (members,),
+    the learning rate each member's SWA phase used.
 
     ``kind`` is ``"variational"``: the draws are independent draws from a fitted distribution
     (not Markov chains, not optimized points), and their log density under it is known, so
@@ -500,37 +648,75 @@ class SWAG(InferenceMethod):
     spread around a mode but creep toward it (on the cubic toy below, full-batch SWA failed the
     SWA trend check with ratios of 16 and 200 on seeds 0 and 3).
 
+    **The learning rate.** One constant rate does not carry over between data sets, because
+    the curvature at the MAP scales with the inverse noise variance: lambda_max at the members'
+    MAP points (split 0 of the UCI benchmark's network) was 3e4 to 1.2e5 on yacht, 1.9e3 to
+    2e4 on energy and 33 to 67 on wine-quality-red, 26 to 1.2e4 on the cubic toy below. So the
+    former default ``swa_lr=3e-4`` put ``swa_lr * lambda_max`` at 9 to 37 on yacht (SGD
+    diverged within 5 steps) and at 0.01 to 0.02 on wine (the iterates barely move). Relative to
+    the curvature, the step means the same on every data set. Larger is better up to the
+    limit: for SGD near a quadratic mode the stationary Gaussian's KL divergence to the
+    posterior falls as the rate grows, up to the rate ``2 D / (N tr C)`` of Mandt, Hoffman &
+    Blei (2017), C the minibatch gradient's covariance; at the MAP points above that rate was
+    56 to 165 (cubic) and 190 to 930 (yacht) times ``1 / lambda_max``, far beyond stability,
+    so the stability limit is what binds. The default ``swa_lr_scale=1`` keeps a factor of 2 to
+    it, room for minibatch Hessians (their lambda_max was 1.04 to 1.31 times the full-batch one
+    on yacht) and for the curvature changing along the path (yacht split 0 did not diverge
+    even at 1.9). The MAP curvature is a local quantity: a member in a sharp, overfitting
+    minimum gets a small rate and stays there.
+
     **Measured** on the cubic toy: data ``data.cubic(20, seed)``, model
     ``ResNet(1, 1, width=10, depth=8, basis="linear")`` with ``priors.Normal(1.0)``, defaults,
-    fit seed = data seed; coverage of the 95% interval on ``data.cubic(1000, seed + 1)`` and the
-    mean ``epistemic_std`` at x = +-6 over its mean on a grid of [-4, 4]:
+    fit seed = data seed; coverage of the 95% interval on ``data.cubic(1000, seed + 1)`` per
+    setting, and for two settings the mean ``epistemic_std`` at x = +-6 over its mean on a grid
+    of [-4, 4] (ratio) and the mean noise of the draws (truth 3):
 
-    ====  ========  =====  ===================================
-    seed  coverage  ratio  noise, mean of the draws (truth 3)
-    ====  ========  =====  ===================================
-    0     0.979     7.4    2.90
-    1     0.912     8.6    3.45
-    2     0.889     5.5    2.68
-    3     0.740     5.9    1.89
-    4     0.789     5.6    2.46
-    ====  ========  =====  ===================================
+    ======================  =====  =====  =====  =====  =====  =====
+    setting, seed           0      1      2      3      4      mean
+    ======================  =====  =====  =====  =====  =====  =====
+    ``swa_lr_scale=0.1``    0.563  0.908  0.883  0.730  0.757  0.768
+    ``swa_lr_scale=0.25``   0.567  0.915  0.887  0.735  0.764  0.774
+    ``swa_lr_scale=0.5``    0.579  0.921  0.905  0.743  0.770  0.784
+    ``swa_lr_scale=1``      0.601  0.939  0.930  0.785  0.794  0.810
+    - ratio                 23.2   7.4    4.3    5.3    4.9
+    - noise                 1.52   3.78   2.89   1.95   2.49
+    ``swa_lr_scale=1.5``    0.664  0.983  0.958  0.826  0.820  0.850
+    ``swa_lr=3e-4``         0.979  0.912  0.889  0.740  0.789  0.862
+    - ratio                 7.4    8.6    5.5    5.9    5.6
+    - noise                 2.90   3.45   2.68   1.89   2.46
+    ======================  =====  =====  =====  =====  =====  =====
 
-    Mean coverage 0.862 (0.766 for the same members at their MAP points, i.e. an ensemble with
-    MAP noise); every ratio is above 3. Where coverage falls short, the members' MAP fits
-    explain part of the noise (seed 3: noise 1.9 against a realized 3.2), and SWAG's local
-    spread does not widen it back. ``swa_lr`` matters: mean coverage was 0.80 at 2e-4, 0.86 at
-    3e-4 (the default) and 0.88 at 5e-4, with seed 0 at 0.69, 0.98 and 1.00 as the SGD noise
-    moved the members out of sharp, overfitting minima (noise 1.8, 2.9, 5.2); at 1e-3 the noise
-    grew to 30 and covered every point trivially. About 8 s per fit on one core. PSIS k-hat was
-    6 to 15 on every seed: in the importance-sampling sense the mixture is far from the
-    posterior, as usual for neural networks.
+    The same members at their MAP points (an ensemble with MAP noise) cover 0.766 on average.
+    Every ratio was above 3 at every setting (3.5 to 44). Coverage grows with the scale on
+    every seed; it was never chosen by it. The constant 3e-4 covers more only on seed 0, whose
+    members sit in sharp, overfitting minima (lambda_max 5300 to 11900, MAP noise about 1.5):
+    there ``swa_lr * lambda_max`` was 1.6 to 3.6, mostly above the stability limit, so SGD
+    threw the members out of their minima into wider ones (noise 2.9). That is an instability
+    that happens to help here, and the same constant diverges on yacht. On seeds 1 to 4 the
+    default covers more than the constant on every seed. Where coverage falls short, the
+    members' MAP fits explain part of the noise (seed 3: noise 1.9 against a realized 3.2), and
+    SWAG's local spread does not widen it back. The SWA trend check passed on every fit (worst
+    0.27 at the default, 0.54 at 1.5). About 7 s per fit on one core, of which the curvature
+    (20 Lanczos steps) is under 0.1 s. PSIS k-hat was 5 to 17 on every fit: in the
+    importance-sampling sense the mixture is far from the posterior, as usual for neural
+    networks.
+
+    On UCI (benchmark network, 10 members, 1000 + 1000 steps, ``benchmarks/uci.py``), split 0:
+    the spread within the members' Gaussians is 1% of the variance of f over the draws on
+    yacht, 8% on energy and 32% on wine-quality-red, the rest is between members; yacht
+    splits 0-2, energy and wine split 0 ran without divergence in 6 to 10 s a fit, the
+    curvature taking 0.5 s (yacht) to 1.1 s (wine) of it. The SWA trend check failed on some
+    members whose MAP phase had not converged (ratios up to 39 on yacht split 2): their
+    objective kept falling during the SWA phase.
     """
 
     members: int = 8
     pretrain_steps: int = 3000
     lr: float = 0.01
     swa_steps: int = 2000
-    swa_lr: float = 3e-4
+    swa_lr: float | None = None
+    swa_lr_scale: float = 1.0
+    curvature_iterations: int = 20
     collect_every: int = 10
     rank: int = 20
     num_draws: int = 50
@@ -543,10 +729,15 @@ class SWAG(InferenceMethod):
 
     def check_settings(self) -> None:
         for setting in ("members", "pretrain_steps", "swa_steps", "collect_every", "rank",
-                        "num_draws"):
+                        "num_draws", "curvature_iterations"):
             check_positive_int("SWAG", setting, getattr(self, setting))
-        for setting in ("lr", "swa_lr"):
+        for setting in ("lr", "swa_lr_scale"):
             check_positive_float("SWAG", setting, getattr(self, setting))
+        if self.swa_lr is not None:
+            check_positive_float("SWAG", "swa_lr", self.swa_lr)
+        if self.swa_lr_scale >= 2:
+            raise ValueError(f"SWAG: swa_lr_scale must be below 2, SGD's stability limit at the "
+                             f"curvature lambda_max, got {self.swa_lr_scale!r}")
         for setting in ("batch_size", "members_per_unit"):
             if getattr(self, setting) is not None:
                 check_positive_int("SWAG", setting, getattr(self, setting))
@@ -585,10 +776,15 @@ class SWAG(InferenceMethod):
         for k, group in enumerate(groups):
             stream = generator if k == 0 else \
                 seeded_generator(derived_seed(seed, _STREAM_GROUP, k))
+            curvature = seeded_generator(derived_seed(seed, _STREAM_CURVATURE, k))
             settings = {
                 "pretrain_steps": self.pretrain_steps, "lr": float(self.lr),
                 "pretrain_batch_size": default_batch_size(num_data),
-                "swa_steps": self.swa_steps, "swa_lr": float(self.swa_lr),
+                "swa_steps": self.swa_steps,
+                "swa_lr": None if self.swa_lr is None else float(self.swa_lr),
+                "swa_lr_scale": float(self.swa_lr_scale),
+                "curvature_iterations": self.curvature_iterations,
+                "curvature_state": curvature.get_state(),
                 "collect_every": self.collect_every, "rank": self.rank,
                 "batch_size": batch, "num_draws": self.num_draws,
                 "desc": f"swag {span(group, 'member')}"}
@@ -620,7 +816,7 @@ class SWAG(InferenceMethod):
         for key, label, fraction, advice in (
                 ("loss", "MAP loss trend (last 10%)", 0.1, "raise pretrain_steps"),
                 ("swa_loss", "SWA loss trend (whole phase)", 1.0,
-                 "raise pretrain_steps or lower swa_lr")):
+                 "raise pretrain_steps or lower swa_lr_scale (swa_lr where it is set)")):
             if key not in posterior.stats:
                 diag.notes.append(f"stats lack {key!r}; the {label} check is skipped")
                 continue
