@@ -76,7 +76,8 @@ def test_runner_writes_one_line_per_unit_and_a_rerun_does_nothing(bench, data_ro
     lines = results.read_text().splitlines()
     records = [json.loads(line) for line in lines]
     units = sorted((r["dataset"], r["method"], r["split"]) for r in records)
-    assert units == sorted(("toy", m, s) for m in bench.METHODS for s in (0, 1))
+    ran = ("nuts", "ensemble", "meanfield", "lowrank")
+    assert units == sorted(("toy", m, s) for m in ran for s in (0, 1))
     # Split by split, cheap methods first; NUTS after everything else.
     assert [(r["method"], r["split"]) for r in records] == [
         ("ensemble", 0), ("meanfield", 0), ("lowrank", 0),
