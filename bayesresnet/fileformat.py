@@ -533,7 +533,8 @@ def _rebuild_method(config: Any, model: BayesianResNet, path: str) -> Any:
         raise PosteriorFileError(f"{path!r}: unknown inference method {_short(name)}; expected "
                                  f"one of {method_names()}")
     try:
-        method = method_type(**settings)
+        upgrade = getattr(method_type, "saved_settings", None)
+        method = method_type(**(upgrade(settings) if callable(upgrade) else settings))
         validate = getattr(method, "validate", None)
         if callable(validate):
             validate(model)

@@ -192,7 +192,7 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
         methods = {
             "map": {"steps": 300, "lr": 0.01},
             "laplace": {"steps": 300, "lr": 0.01},
-            "ensemble": {"members": 5, "steps": 300, "lr": 0.01},
+            "ensemble": {"members": 5, "steps": 300, "lr": 0.01, "noise": "map"},
             "swag": {"members": 3, "pretrain_steps": 300, "lr": 0.01, "swa_steps": 300,
                      "swa_lr": None, "swa_lr_scale": 1.0, "curvature_iterations": 20},
             "meanfield": {"steps": 1000, "lr": 0.01, "num_particles": 1, "num_draws": 100,
@@ -208,7 +208,10 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
             # Full-GGN linearized Laplace at a MAP of the same length, prior and noise fitted by
             # the marginal likelihood (the class defaults otherwise).
             "laplace": {"steps": 1000, "lr": 0.01},
-            "ensemble": {"members": 10, "steps": 1000, "lr": 0.01},
+            # Members keep their MAP noise: with 1000 steps (chosen so that it does not collapse)
+            # that scored better on yacht than the library's default noise="predictive" (NLL
+            # 0.014 against 0.177 over 20 splits), which is made for converged small-data fits.
+            "ensemble": {"members": 10, "steps": 1000, "lr": 0.01, "noise": "map"},
             # MultiSWAG: the ensemble's members and MAP phase, then 1000 SWA steps each at a
             # learning rate of 1 / lambda_max, the top curvature at each member's MAP point.
             "swag": {"members": 10, "pretrain_steps": 1000, "lr": 0.01, "swa_steps": 1000,

@@ -190,6 +190,8 @@ def test_a_file_written_under_arviz_0_loads_and_predicts_the_same():
     expected = json.loads((DATA / "run_arviz0.expected.json").read_text())
     assert expected["arviz_version"].startswith("0.")
     post = brn.load(DATA / "run_arviz0.nc")
+    # Saved before Ensemble(noise=...) existed: loaded with the behaviour that made its draws.
+    assert post.method.noise == "map"
     pred = post.predict(np.asarray(expected["x"]))
     np.testing.assert_allclose(pred.mean, expected["mean"], rtol=1e-12)
     np.testing.assert_allclose(pred.std, expected["std"], rtol=1e-12)

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.arviz
 az = import_arviz()
 
 VI_DRAWS = 20000
+LOO_PIT = "LOO-PIT outside central 95%"
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +299,9 @@ def ensemble_posterior(model, data, spread, name="ensemble", members=6):
 def test_ensemble_collapse_is_flagged(model, data):
     post = ensemble_posterior(model, data, spread=0.5)
     diverse = diagnose(post)
-    assert diverse.ok, str(diverse)
+    # The members are prior draws, not fits to the data, so the LOO-PIT check (which refits
+    # fitted members; tests in test_ensemble_calibration.py) says nothing useful about them.
+    assert diverse.failed in ([], [LOO_PIT]), str(diverse)
     # Members differ only by their output bias b_m, so f_m(x) = f_0(x) + b_m * y_std at every
     # input: the spread is SD(b) * y_std and the noise scale noise * y_std.
     y_std = float(post.y_scaler.std[0])
@@ -307,7 +310,7 @@ def test_ensemble_collapse_is_flagged(model, data):
     assert diverse.details["noise_scale"] == pytest.approx(
         float(post.draws["noise"][0, 0, 0]) * y_std, rel=1e-12)
     collapsed = diagnose(ensemble_posterior(model, data, spread=0.0))
-    assert collapsed.failed == ["member spread / noise"]
+    assert [c for c in collapsed.failed if c != LOO_PIT] == ["member spread / noise"]
     assert any("collapsed" in w for w in collapsed.warnings)
 
 

@@ -86,6 +86,15 @@ class InferenceMethod(ABC):
     def check_settings(self) -> None:  # noqa: B027 (optional hook)
         """Raise ValueError for settings that are invalid whatever the model (e.g. steps=0)."""
 
+    @classmethod
+    def saved_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """Settings of a run saved by an earlier version, brought to this version's meaning.
+
+        A setting added later with a default that changes behaviour must be filled in here
+        with its old behaviour, so that a loaded run's method says what made its draws.
+        """
+        return settings
+
     def check_runnable(self) -> None:  # noqa: B027 (optional hook)
         """Raise ValueError when :func:`bayesresnet.fit` cannot run this method at all (e.g. a
         record of draws made outside the library); ``fit`` calls it before any work."""
