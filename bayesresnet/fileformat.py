@@ -278,8 +278,9 @@ def _json_attr(attrs: Mapping[str, Any], key: str, path: str) -> Any:
     Raises
     ------
     PosteriorFileError
-        The attribute is missing, not text, longer than :data:`MAX_ATTRIBUTE_CHARS`, nested
-        deeper than :data:`MAX_JSON_DEPTH`, or not valid JSON.
+        The attribute is missing, not text, longer than
+        :data:`~bayesresnet.fileformat.MAX_ATTRIBUTE_CHARS`, nested deeper than
+        :data:`~bayesresnet.fileformat.MAX_JSON_DEPTH`, or not valid JSON.
     """
     raw = _text_attr(attrs, key, path)
     if len(raw) > MAX_ATTRIBUTE_CHARS:
@@ -437,7 +438,7 @@ def _decode_tree(value: Any, read_array: Callable[[Any], np.ndarray], path: str)
     """Inverse of :class:`_TreeEncoder`: ``read_array(name)`` gives the stored array ``name``.
 
     The recursion is as deep as the JSON, which :func:`_json_attr` bounds by
-    :data:`MAX_JSON_DEPTH`.
+    :data:`~bayesresnet.fileformat.MAX_JSON_DEPTH`.
     """
     if isinstance(value, list):
         return [_decode_tree(v, read_array, path) for v in value]
@@ -765,9 +766,10 @@ def load(path: str | os.PathLike) -> Posterior:
       file has: a header that declares terabytes is refused before it is read.
     * The model is built only when its network has no more parameters per draw than the
       file's draws hold (a config naming a width of a million is refused at once), and a
-      depth of at most :data:`MAX_DEPTH`.
-    * JSON attributes are parsed only up to :data:`MAX_ATTRIBUTE_CHARS` characters and
-      :data:`MAX_JSON_DEPTH` levels of nesting.
+      depth of at most :data:`~bayesresnet.fileformat.MAX_DEPTH`.
+    * JSON attributes are parsed only up to
+      :data:`~bayesresnet.fileformat.MAX_ATTRIBUTE_CHARS` characters and
+      :data:`~bayesresnet.fileformat.MAX_JSON_DEPTH` levels of nesting.
 
     Before libhdf5 opens the file, the global heap collections (where HDF5 keeps the JSON
     attributes) are walked as libhdf5 walks them, because some corrupt ones make libhdf5 (up

@@ -27,7 +27,8 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     Parameters
     ----------
     seed : int or numpy integer
-        In [0, :data:`SEED_MAX`]; bools, floats (even integral ones) and strings are rejected.
+        In [0, :data:`~bayesresnet.seeds.SEED_MAX`]; bools, floats (even integral ones) and
+        strings are rejected.
     name : str
         What the seed is called in the error message.
 

@@ -62,7 +62,7 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
         ``"laplace"``, or a configured object such as ``NUTS(chains=8)``.
     seed : int, optional
         Seed of every random choice of the fit, an integer in [0, 2**63 - 1]
-        (:data:`~bayesresnet.inference.base.SEED_MAX`); drawn at random (and recorded in
+        (:data:`~bayesresnet.seeds.SEED_MAX`); drawn at random (and recorded in
         ``Posterior.seed``) when None. See Notes.
     standardize : bool
         Standardize x and y on the training data; predictions are always returned in original

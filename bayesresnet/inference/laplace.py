@@ -3,7 +3,7 @@
 The method (Daxberger et al. 2021, "Laplace Redux"; Immer, Korzepa & Bauer 2021):
 
 1. **MAP.** Each member is a MAP fit of the P network parameters from its own network
-   initialization, by the ensembles' optimizer (:func:`~bayesresnet.inference.optim.adam_maximize`:
+   initialization, by the ensembles' optimizer (``bayesresnet.inference.optim.adam_maximize``:
    Adam with a cosine-decayed learning rate, full batch up to 1024 points), then polished by
    full-batch L-BFGS.
 2. **Curvature.** At the MAP theta* the likelihood's curvature is computed with ``torch.func``
