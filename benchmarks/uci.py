@@ -87,6 +87,20 @@ PUBLISHED_PEER = {"ensemble": "DeepEnsembles", "laplace": "VI-meanfield",
 COVERAGE_TARGET = (0.92, 0.98)
 COVERAGE_METHODS = ("nuts", "lowrank", "ensemble", "swag", "laplace")
 
+# Rows whose runs fail their own diagnostics, as measured when they were added (the JSON lines
+# keep only a few per-unit indicators): said beside the tables so no row passes for certified.
+DIAGNOSTIC_CAVEATS = {
+    "laplace": "PSIS k-hat above 0.7 on every split of every data set (measured 2026-12-06): the "
+               "fitted noise is small, the posterior narrow, and the MAP lies 4-19 posterior "
+               "standard deviations from the linearized model's mode, so the Gaussian's "
+               "importance weights are heavy-tailed. Its scores are those of the GLM predictive "
+               "at that Gaussian, not of a certified posterior.",
+    "swag": "PSIS k-hat 9.7-185 on every split whose warnings were logged (55 of 60; the "
+            "other 5 ran earlier, 13-181): SWAG's Gaussians are far narrower or otherwise "
+            "different from the posterior in importance-sampling terms; the SWA-phase trend "
+            "check also fails for members whose 1000-step MAP phase had not converged.",
+}
+
 METRICS = ("rmse", "nll", "coverage_95", "width_95", "crps", "fit_seconds")
 METRIC_LABELS = {"rmse": "RMSE", "nll": "NLL", "coverage_95": "95% cov.",
                  "width_95": "95% width", "crps": "CRPS", "fit_seconds": "fit (s)"}
@@ -743,14 +757,22 @@ def render_report(config: dict[str, Any], records: Sequence[dict[str, Any]],
                          f"{_pm(row['nll'], row['nll_err'], 2)} | | | | |")
         lines.append("")
 
+    caveats = [m for m in methods if m in DIAGNOSTIC_CAVEATS]
+    if caveats:
+        lines += ["## Runs that fail their own diagnostics", ""]
+        lines += [f"- {METHOD_LABELS[m]}: {DIAGNOSTIC_CAVEATS[m]}" for m in caveats]
+        lines.append("")
+
     target_rows = _targets(summary, datasets, published)
     if target_rows:
         lines += [
             "## Targets", "",
-            "Ensemble and MeanField must beat the published DeepEnsembles and VI-meanfield means "
-            "(lower RMSE and NLL); NUTS must be within one standard error of published HMC or "
-            "better (ours ≤ HMC + the standard error of the difference); NUTS, LowRank and "
-            "Ensemble must cover 92% to 98% of the test points with their 95% intervals.", "",
+            "Ensemble, MeanField and Laplace must beat the published DeepEnsembles, "
+            "VI-meanfield and VI-meanfield means (lower RMSE and NLL); NUTS must be within one "
+            "standard error of published HMC or better (ours ≤ HMC + the standard error of the "
+            "difference); NUTS, LowRank and Ensemble must cover 92% to 98% of the test points "
+            "with their 95% intervals (MultiSWAG and Laplace are shown against the same "
+            "range).", "",
             "| data set | target | ours | published | met |", "|---|---|---|---|---|",
             *target_rows, "",
         ]
