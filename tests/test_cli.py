@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli_error as _error
 
 from bayesresnet import cli
 from bayesresnet.export import load
@@ -61,16 +62,6 @@ def run(files):
                      "--out", str(out), "--test", str(files["test_csv"]), *FAST_FIT])
     assert code == 0
     return out
-
-
-def _error(capsys, argv) -> str:
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    assert code == 1, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bayesresnet: error: "), captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
 
 
 def test_fit_writes_run_and_report_and_stores_columns(run, files):

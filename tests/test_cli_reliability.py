@@ -15,6 +15,7 @@ from pathlib import Path
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+from helpers import cli_error as _error
 from hypothesis import HealthCheck, given, settings
 
 from bayesresnet import cli
@@ -55,15 +56,6 @@ def run(files):
     assert cli.main(["fit", str(files["csv"]), "--target", "y", "--out", str(out),
                      *FAST_FIT]) == 0
     return out
-
-
-def _error(capsys, argv) -> str:
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    assert code == 1, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bayesresnet: error: "), captured.err
-    return lines[0]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -18,9 +18,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import assert_identical
 
 import bayesresnet as brn
 from bayesresnet.inference import executor as executor_module
@@ -55,18 +55,6 @@ def toy():
 def _fit(toy, method, **kwargs):
     model, x, y = toy
     return brn.fit(model, x, y, method=method, seed=5, progress=False, check=False, **kwargs)
-
-
-def assert_identical(a, b, where: str = "") -> None:
-    """Equal bit for bit: tensors, arrays, and dicts of them."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    else:
-        np.testing.assert_array_equal(a, b, err_msg=where)
 
 
 def assert_same_posterior(a: brn.Posterior, b: brn.Posterior) -> None:

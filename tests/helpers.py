@@ -1,0 +1,35 @@
+"""Assertion helpers shared by several test modules (pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayesresnet import cli
+
+
+def assert_identical(a: Any, b: Any, where: str = "") -> None:
+    """Equal bit for bit: tensors, arrays, scalars, None and dicts of them."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif a is None:
+        assert b is None, where
+    else:
+        np.testing.assert_array_equal(a, b, err_msg=where)
+
+
+def cli_error(capsys: Any, argv: list[str]) -> str:
+    """Run the command, expect exit status 1 and one ``bayesresnet: error:`` line; return it."""
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bayesresnet: error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
