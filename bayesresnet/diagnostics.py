@@ -388,7 +388,7 @@ def _diagnose_vi(posterior: Posterior, diag: Diagnostics) -> None:
     stats = posterior.stats
     if "elbo" in stats:
         _add_trend(diag, _numpy(stats["elbo"]).reshape(-1, 1), "ELBO")
-    else:
+    elif getattr(posterior.method, "records_elbo", True):
         diag.notes.append("stats lack 'elbo'; ELBO convergence check skipped")
     if "log_joint" in stats and "log_q" in stats:
         log_w = (_numpy(stats["log_joint"]) - _numpy(stats["log_q"])).reshape(-1)

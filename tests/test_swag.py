@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import assert_identical
 
 import bayesresnet as brn
 from bayesresnet.arviz_compat import import_arviz
@@ -69,20 +70,6 @@ def _standardized(toy):
     x_t = torch.as_tensor(x, dtype=torch.float64)
     y_t = torch.as_tensor(y, dtype=torch.float64).reshape(len(x), -1)
     return model, Standardizer().fit(x_t).transform(x_t), Standardizer().fit(y_t).transform(y_t)
-
-
-def assert_identical(a, b, where=""):
-    """Equal bit for bit: tensors, arrays, scalars and dicts of them."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif a is None:
-        assert b is None, where
-    else:
-        np.testing.assert_array_equal(a, b, err_msg=where)
 
 
 # ---------------------------------------------------------------- SGD on a quadratic: theory
@@ -537,6 +524,14 @@ def test_diagnostics(toy, post):
     assert {"PSIS k-hat", "MAP loss trend (last 10%)", "SWA loss trend (whole phase)"} <= \
         set(checks)
     assert diag.details["swa_loss_trend"].shape == (TINY["members"],)
+    # SWAG optimizes no ELBO, so its diagnostics do not report one as missing; a VI run without
+    # its ELBO history does.
+    assert not any("elbo" in note for note in diag.notes)
+    vi_like = Posterior(post.model, post.draws, {k: v for k, v in post.stats.items()
+                                                 if k != "elbo"}, brn.MeanField(),
+                        post.x_scaler, post.y_scaler, post.seed, post.fit_seconds,
+                        post.x_train, post.y_train)
+    assert any("lack 'elbo'" in note for note in vi_like.diagnose().notes)
     # A SWA phase whose objective still climbs fails the stationarity check.
     steps = TINY["swa_steps"]
     drifting = dict(post.stats)

@@ -74,6 +74,10 @@ class InferenceMethod(ABC):
     global torch RNG. :func:`bayesresnet.fit` runs other methods, e.g. one written elsewhere,
     entirely under that lock with a private param store."""
 
+    records_elbo: ClassVar[bool] = True
+    """Whether a ``"variational"`` method's fit optimizes an ELBO (and records ``stats["elbo"]``);
+    False for Gaussians fitted otherwise (Laplace, SWAG), whose diagnostics then do not miss it."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:  # concrete methods; abstract bases define no name

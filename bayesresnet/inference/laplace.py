@@ -1005,6 +1005,7 @@ class Laplace(InferenceMethod):
     max_rounds: int = 1
 
     name: ClassVar[str] = "laplace"
+    records_elbo: ClassVar[bool] = False
     kind: ClassVar[str] = "variational"
     thread_safe: ClassVar[bool] = True
 

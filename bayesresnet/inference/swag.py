@@ -724,6 +724,7 @@ class SWAG(InferenceMethod):
     members_per_unit: int | None = None
 
     name: ClassVar[str] = "swag"
+    records_elbo: ClassVar[bool] = False
     kind: ClassVar[str] = "variational"
     thread_safe: ClassVar[bool] = True
 
