@@ -1,6 +1,6 @@
 """bayesresnet: Bayesian weight-parameterized residual networks on Pyro and PyTorch."""
 
-from . import basis, data, likelihoods, metrics, ode, priors
+from . import basis, data, likelihoods, metrics, ode, priors, stacking
 from ._version import __version__
 from .allocator import tune_allocator
 from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
@@ -9,6 +9,7 @@ from .diagnostics import ConvergenceWarning, Diagnostics
 from .fileformat import PosteriorFileError, load
 from .inference import (
     MAP,
+    MCLMC,
     NUTS,
     SWAG,
     Ensemble,
@@ -27,6 +28,7 @@ from .resnet import MLP, ResNet
 
 __all__ = [
     "MAP",
+    "MCLMC",
     "MLP",
     "NUTS",
     "SWAG",
@@ -62,6 +64,7 @@ __all__ = [
     "ode",
     "priors",
     "report",
+    "stacking",
     "stiffness",
     "tune_allocator",
 ]

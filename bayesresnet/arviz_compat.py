@@ -8,6 +8,7 @@ through this module, so the rest of the library sees one interface:
 * :func:`import_arviz`: the lazy import, silencing only ArviZ 0.x's once-a-day refactor notice;
 * :func:`to_inference_data`: named groups of ``xarray.Dataset`` -> the installed line's container;
 * :func:`rhat`, :func:`ess`: per-variable diagnostics of a ``(chain, draw, ...)`` dataset;
+* :func:`rhat_by_chain`, :func:`ess_by_chain`: the same for each chain on its own;
 * :func:`psislw`: Pareto-smoothed log weights and the k-hat of a vector of log weights;
 * :func:`loo`, :func:`compare`: PSIS-LOO with the same result fields and column names on both.
 
@@ -32,11 +33,13 @@ __all__ = [
     "compare",
     "draws_dataset",
     "ess",
+    "ess_by_chain",
     "import_arviz",
     "is_arviz_data",
     "loo",
     "psislw",
     "rhat",
+    "rhat_by_chain",
     "to_inference_data",
 ]
 
@@ -139,6 +142,74 @@ def ess(dataset: Any, method: str = "bulk") -> Any:
         return az.ess(dataset, method=method)
 
 
+# The dim that holds the chain index while each chain is diagnosed on its own.
+_SOURCE_CHAIN = "source_chain"
+
+
+def _chains_apart(dataset: Any, pieces: int) -> Any:
+    """Each chain cut into ``pieces`` consecutive parts of equal length, the parts as ArviZ's
+    ``chain`` dim and the chain index as the variable dim ``source_chain``.
+
+    ``(chain, draw, ...)`` -> ``(chain=pieces, draw=D // pieces, source_chain, ...)``; the last
+    ``D % pieces`` draws are left out (as ArviZ's split R-hat leaves out a middle draw).
+    """
+    import xarray as xr
+
+    length = dataset.sizes["draw"] // pieces
+    variables = {}
+    for name, var in dataset.data_vars.items():
+        var = var.transpose("chain", "draw", ...)
+        values = np.asarray(var.values)[:, :pieces * length]
+        values = values.reshape(values.shape[0], pieces, length, *values.shape[2:])
+        dims = ["chain", "draw", _SOURCE_CHAIN, *var.dims[2:]]
+        variables[name] = (dims, np.moveaxis(values, 0, 2))
+    return xr.Dataset(variables)
+
+
+def rhat_by_chain(dataset: Any) -> Any:
+    """Split R-hat of each chain on its own: whether the chain mixed within the region it is in.
+
+    Each chain's two halves are passed to ArviZ's rank-normalized split R-hat (:func:`rhat`) as
+    two chains, so the statistic compares the chain's four quarters: a chain that is still
+    drifting, or stuck in one place for part of the run, has quarters that disagree. Chains
+    that sit in different regions (modes) do not raise it, unlike the pooled :func:`rhat`.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        Variables with leading dims ``chain`` and ``draw`` (at least 8 draws per chain, else
+        the values are NaN).
+
+    Returns
+    -------
+    xarray.Dataset
+        The same variables with dims ``(chain, ...)``: the R-hat of each chain. NaN where a
+        chain does not vary (stuck), as ArviZ gives for constant chains.
+    """
+    result = rhat(_chains_apart(dataset, 2))
+    return result.rename({_SOURCE_CHAIN: "chain"})
+
+
+def ess_by_chain(dataset: Any, method: str = "bulk") -> Any:
+    """Effective sample size (``"bulk"`` or ``"tail"``) of each chain on its own.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        Variables with leading dims ``chain`` and ``draw``.
+    method : str
+        Passed to :func:`ess`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The same variables with dims ``(chain, ...)``: ArviZ's ESS of each chain's draws as a
+        run of one chain.
+    """
+    result = ess(_chains_apart(dataset, 1), method)
+    return result.rename({_SOURCE_CHAIN: "chain"})
+
+
 def psislw(log_weights: Any, reff: float = 1.0) -> tuple[np.ndarray, float]:
     """Pareto-smoothed log importance weights and the k-hat of their upper tail.
 
@@ -163,8 +234,9 @@ def psislw(log_weights: Any, reff: float = 1.0) -> tuple[np.ndarray, float]:
         warnings.simplefilter("ignore", RuntimeWarning)
         if arviz_major() == 0:
             smoothed, khat = import_arviz().psislw(values, reff=reff)
-        elif _tail_length(values.size, reff) < 5:
-            # ArviZ 1.x refuses such a short tail; 0.x returns the raw weights and k-hat inf.
+        elif _tail_above_cutoff(values, reff) < 5:
+            # ArviZ 1.x refuses such a short tail (or one of tied values, e.g. a constant
+            # likelihood); 0.x returns the raw weights and k-hat inf.
             smoothed, khat = values - _logsumexp(values), math.inf
         else:
             from arviz_stats.base import array_stats
@@ -178,6 +250,16 @@ def psislw(log_weights: Any, reff: float = 1.0) -> tuple[np.ndarray, float]:
 def _tail_length(size: int, reff: float) -> int:
     """Draws in the Pareto tail that PSIS fits (Vehtari et al. 2024)."""
     return math.ceil(min(0.2 * size, 3 * math.sqrt(size / reff)))
+
+
+def _tail_above_cutoff(values: np.ndarray, reff: float) -> int:
+    """How many values PSIS would fit a tail to: those above the cutoff, the largest value
+    outside the tail of :func:`_tail_length` (ArviZ 0.x fits none when fewer than 5)."""
+    length = _tail_length(values.size, reff)
+    if length < 1 or length >= values.size:
+        return length
+    cutoff = np.sort(values)[-length - 1]
+    return int((values > cutoff).sum())
 
 
 def _logsumexp(values: np.ndarray) -> float:

@@ -1,16 +1,46 @@
 """Convergence diagnostics for every inference method, with documented pass/fail thresholds.
 
-NUTS (Vehtari, Gelman, Simpson, Carpenter & Buerkner 2021; Betancourt 2017)
-    * R-hat: rank-normalized split R-hat (``arviz.rhat``), max over the identifiable quantities
-      (the noise, the hierarchical scales, and the network mean ``f`` at up to
-      ``MAX_FUNCTION_POINTS`` training inputs; raw weights are not identifiable because of the
-      network's permutation and sign symmetries, so their R-hat says nothing). Passes below
-      ``RHAT_MAX = 1.01``, Vehtari et al.'s recommendation (1.05 is often tolerated for rough
-      work; we flag it). A quantity that does not vary within chains has no R-hat and fails.
-    * Bulk and tail ESS (``arviz.ess``), min over the same quantities; pass above
-      ``ESS_PER_CHAIN = 100`` per chain (Vehtari et al.: 100 per chain makes R-hat and the ESS
-      estimate themselves reliable).
-    * Divergences: fraction of post-warmup transitions that diverged; pass at most
+MCMC: NUTS, MCLMC, a user's Pyro run
+    (Vehtari, Gelman, Simpson, Carpenter & Buerkner 2021; Betancourt 2017; Sommer, Wimmer,
+    Papamarkou, Bothmann, Bischl & Ruegamer 2024.)
+    R-hat and ESS are taken of the identifiable quantities: the noise, the hierarchical scales,
+    and the network mean ``f`` at up to ``MAX_FUNCTION_POINTS`` training inputs (raw weights are
+    not identifiable because of the network's permutation and sign symmetries, so their R-hat
+    says nothing). Which of two rules judges them depends on how the chains started
+    (``method.chains_start_apart()``, recorded as ``Diagnostics.rule``); both R-hat figures
+    are always in the table, the one the rule does not judge as a row that cannot fail.
+
+    Pooled rule, for chains started from one distribution (NUTS ``init='prior'`` or
+    ``'network'``, runs made outside the library):
+
+    * R-hat: rank-normalized split R-hat of all chains together (``arviz.rhat``), max over the
+      quantities. Passes below ``RHAT_MAX = 1.01``, Vehtari et al.'s recommendation (1.05 is
+      often tolerated for rough work; we flag it). A quantity that does not vary within chains
+      has no R-hat and fails.
+    * Bulk and tail ESS (``arviz.ess``) of all chains together, min over the same quantities;
+      pass above ``ESS_PER_CHAIN = 100`` per chain (Vehtari et al.: 100 per chain makes R-hat
+      and the ESS estimate themselves reliable).
+
+    Chain-wise rule, for chains started at distinct modes on purpose (NUTS ``init='map'`` or
+    ``'prior-map'``, MCLMC): each chain is a local sampler of its own mode, so between-chain
+    disagreement measures how different the modes are, not whether the chains mixed (Sommer
+    et al. 2024). The pooled R-hat is reported as that figure of mode diversity; the checks are:
+
+    * Chain-wise R-hat: ArviZ's rank-normalized split R-hat of each chain on its own (its two
+      halves as two chains, :func:`~bayesresnet.arviz_compat.rhat_by_chain`), max over chains
+      and quantities; passes below ``CHAIN_RHAT_MAX = 1.05``. One chain's R-hat rests on a
+      quarter as many chains as the pooled R-hat of four, and is that much noisier: for
+      independent draws, 150 per chain and 21 quantities, the max over 4 chains had a median of
+      1.047 chain-wise against 1.010 pooled (300 per chain: 1.025 and 1.005). 1.05 holds one
+      chain to about the standard that 1.01 holds four; a stuck chain (no R-hat: fails), a
+      drifting chain or a random walk is far above it.
+    * Bulk and tail ESS of each chain on its own, min over chains and quantities; pass above
+      ``ESS_PER_CHAIN`` (the same requirement per chain as the pooled rule's).
+
+    Sampler checks, where the run records the statistics (a method's ``sampler_stats`` says
+    which it records; a check it cannot have is skipped without a note):
+
+    * Divergences (``diverging``): fraction of post-warmup transitions that diverged; pass at most
       ``DIVERGENCE_MAX = 1%``. Any divergence is listed as a warning, since even a few can mean
       the sampler misses a region of the posterior.
     * Maximum tree depth: fraction of transitions whose trajectory was cut at ``max_tree_depth``;
@@ -18,6 +48,7 @@ NUTS (Vehtari, Gelman, Simpson, Carpenter & Buerkner 2021; Betancourt 2017)
       but beyond a few percent the sampler degrades toward a random walk.
     * E-BFMI per chain, ``mean(diff(E)^2) / var(E)`` of the energies (as ``arviz.bfmi``); pass
       at least ``EBFMI_MIN = 0.3`` in every chain (Betancourt 2016).
+
 VI
     * ELBO convergence: the least-squares drift of the ELBO over the last 10% of steps (at least
       100 steps where the run has 200) against the larger of the ELBO's own noise there (residual
@@ -52,7 +83,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .arviz_compat import draws_dataset, ess, psislw
+from .arviz_compat import draws_dataset, ess, ess_by_chain, psislw, rhat_by_chain
 from .arviz_compat import rhat as compat_rhat
 
 if TYPE_CHECKING:
@@ -62,10 +93,12 @@ if TYPE_CHECKING:
     from .posterior import Posterior
 
 __all__ = [
+    "CHAIN_RHAT_MAX",
     "COLLAPSE_MIN",
     "DIVERGENCE_MAX",
     "EBFMI_MIN",
     "ESS_PER_CHAIN",
+    "INFO_RULE",
     "KHAT_MAX",
     "LINEARIZE_MAX_JACOBIAN",
     "LINEARIZE_MAX_RANK",
@@ -88,6 +121,7 @@ __all__ = [
 ]
 
 RHAT_MAX = 1.01
+CHAIN_RHAT_MAX = 1.05
 ESS_PER_CHAIN = 100
 DIVERGENCE_MAX = 0.01
 TREE_DEPTH_MAX = 0.05
@@ -108,15 +142,27 @@ class ConvergenceWarning(UserWarning):
     """An inference run failed a convergence check of :func:`~bayesresnet.diagnostics.diagnose`."""
 
 
+# The ``rule`` of a row that reports a figure and cannot fail.
+INFO_RULE = "info"
+
+
 @dataclass
 class _Check:
     check: str
     value: float
-    rule: str  # "<", "<=", ">", ">="
+    rule: str  # "<", "<=", ">", ">=", or INFO_RULE for a figure that is reported, not checked
     threshold: float
+    about: str = ""  # what an INFO_RULE figure means
+
+    @property
+    def informative(self) -> bool:
+        """A figure shown with the checks that cannot fail."""
+        return self.rule == INFO_RULE
 
     @property
     def passed(self) -> bool:
+        if self.informative:
+            return True
         if not math.isfinite(self.value):
             return False
         return {"<": self.value < self.threshold, "<=": self.value <= self.threshold,
@@ -132,14 +178,23 @@ class Diagnostics:
     method : str
         Name of the inference method.
     checks : list
-        The checks in order (see :attr:`table`).
+        The checks in order (see :attr:`table`), with the figures that are reported but not
+        checked (rule ``"info"``, see :meth:`add_figure`).
     warnings : list of str
         Human-readable problems (every failed check, plus softer issues).
     notes : list of str
         Context that is not a problem (e.g. a check that does not apply).
     details : dict
         Per-quantity numbers behind the checks (e.g. ``"ebfmi"`` per chain, ``"rhat"`` per
-        quantity name).
+        quantity name). MCMC runs: ``"rhat"`` (pooled) and ``"rhat_by_chain"`` (dim ``chain``
+        first) per quantity, ``"pooled_rhat"`` and ``"chainwise_rhat"`` their maxima (floats,
+        both computed under either rule), and the ESS the rule used (``"ess_bulk"``,
+        ``"ess_tail"`` pooled; ``"ess_bulk_by_chain"``, ``"ess_tail_by_chain"`` per chain).
+    rule : str or None
+        MCMC runs: which rule judged mixing, ``"chain-wise"`` (chains started at distinct
+        modes: each chain checked on its own, the pooled R-hat reported as mode diversity) or
+        ``"pooled"`` (chains started from one distribution: all chains checked together).
+        None for other methods.
     """
 
     method: str
@@ -148,11 +203,17 @@ class Diagnostics:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    rule: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when every check passed."""
         return all(c.passed for c in self.checks)
+
+    @property
+    def num_checks(self) -> int:
+        """How many rows of the table are checks (the rest are figures that cannot fail)."""
+        return sum(not c.informative for c in self.checks)
 
     @property
     def failed(self) -> list[str]:
@@ -161,7 +222,10 @@ class Diagnostics:
 
     @property
     def table(self) -> pd.DataFrame:
-        """One row per check: ``check``, ``value``, ``rule``, ``threshold``, ``passed``."""
+        """One row per check: ``check``, ``value``, ``rule``, ``threshold``, ``passed``.
+
+        A figure that is reported but not checked (:meth:`add_figure`) has rule ``"info"``,
+        threshold NaN and passed True."""
         import pandas as pd
 
         rows = [{"check": c.check, "value": c.value, "rule": c.rule, "threshold": c.threshold,
@@ -172,11 +236,17 @@ class Diagnostics:
         chains, draws = self.shape
         failed = self.failed
         verdict = ("all checks passed" if not failed else
-                   f"{len(failed)} of {len(self.checks)} checks FAILED")
+                   f"{len(failed)} of {self.num_checks} checks FAILED")
         lines = [f"{self.method} diagnostics ({chains} chain(s) x {draws} draw(s)): {verdict}"]
+        if self.rule is not None:
+            lines.append(f"mixing judged by the {self.rule} rule ({_RULE_MEANING[self.rule]})")
         if self.checks:
             width = max(len(c.check) for c in self.checks)
             for c in self.checks:
+                if c.informative:
+                    lines.append(f"  {c.check:<{width}}  {c.value:>10.4g}  (reported, not "
+                                 "checked)")
+                    continue
                 lines.append(f"  {c.check:<{width}}  {c.value:>10.4g}  {c.rule} "
                              f"{c.threshold:<8.4g}  {'ok' if c.passed else 'FAIL'}")
         for title, items in (("warnings", self.warnings), ("notes", self.notes)):
@@ -189,7 +259,16 @@ class Diagnostics:
                   warning: str) -> None:
         """Record a check: ``value rule threshold`` (rule ``<``, ``<=``, ``>`` or ``>=``) passes;
         when it fails, ``warning`` says what went wrong and what to do."""
+        if rule not in _COMPARISONS:
+            raise ValueError(f"rule must be one of {sorted(_COMPARISONS)}, got {rule!r}")
         self._add(check, value, rule, threshold, warning)
+
+    def add_figure(self, check: str, value: float, about: str) -> None:
+        """Record a figure that is shown with the checks but cannot fail (rule ``"info"``),
+        e.g. the pooled R-hat of chains started at distinct modes; ``about`` says what it
+        means and is added to the notes."""
+        self.checks.append(_Check(check, float(value), INFO_RULE, math.nan, about))
+        self.notes.append(about)
 
     def _add(self, check: str, value: float, rule: str, threshold: float,
              warning: str | None = None) -> _Check:
@@ -198,6 +277,14 @@ class Diagnostics:
         if not item.passed and warning:
             self.warnings.append(warning)
         return item
+
+
+_COMPARISONS = frozenset({"<", "<=", ">", ">="})
+_RULE_MEANING = {
+    "chain-wise": "chains started at distinct modes: each chain must mix within its own; the "
+                  "pooled R-hat measures mode diversity",
+    "pooled": "chains started from one distribution: all chains must agree",
+}
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -314,24 +401,91 @@ def _worst(dataset: Any, largest: bool) -> tuple[float, str]:
     return best_value, best_where
 
 
-def _diagnose_nuts(posterior: Posterior, diag: Diagnostics) -> None:
-    chains, draws = diag.shape
-    quantities = draws_dataset(_identifiable(posterior))
-    rhat, bulk, tail = (compat_rhat(quantities), ess(quantities, "bulk"),
-                        ess(quantities, "tail"))
-    diag.details["rhat"], diag.details["ess_bulk"], diag.details["ess_tail"] = rhat, bulk, tail
-    value, where = _worst(rhat, largest=True)
-    diag._add("max R-hat", value, "<", RHAT_MAX,
-              f"R-hat {value:.3f} at {where} (should be < {RHAT_MAX}): chains disagree; "
-              "run longer or reparameterize")
-    min_ess = ESS_PER_CHAIN * chains
-    for label, data in (("bulk", bulk), ("tail", tail)):
-        value, where = _worst(data, largest=False)
-        diag._add(f"min {label} ESS", value, ">", min_ess,
-                  f"{label} ESS {value:.0f} at {where} (should be > {min_ess}, i.e. "
-                  f"{ESS_PER_CHAIN} per chain): draw more samples")
+def _worst_by_chain(dataset: Any, largest: bool) -> tuple[float, str]:
+    """As :func:`_worst` over a dataset with a leading ``chain`` dim, naming the chain."""
+    best_value, best_where = (-math.inf if largest else math.inf), ""
+    for chain in range(dataset.sizes["chain"]):
+        value, where = _worst(dataset.isel(chain=chain), largest)
+        if math.isnan(value):
+            return value, f"chain {chain}: {where}"
+        if (value > best_value) if largest else (value < best_value):
+            best_value, best_where = value, f"chain {chain}: {where}"
+    return best_value, best_where
 
+
+def _diagnose_mcmc(posterior: Posterior, diag: Diagnostics) -> None:
+    """R-hat and ESS by the rule that fits how the chains started; the sampler's own checks."""
+    chains = diag.shape[0]
+    quantities = draws_dataset(_identifiable(posterior))
+    pooled, by_chain = compat_rhat(quantities), rhat_by_chain(quantities)
+    diag.details["rhat"], diag.details["rhat_by_chain"] = pooled, by_chain
+    pooled_value, pooled_where = _worst(pooled, largest=True)
+    chain_value, chain_where = _worst_by_chain(by_chain, largest=True)
+    diag.details["pooled_rhat"], diag.details["chainwise_rhat"] = pooled_value, chain_value
+    start_apart = getattr(posterior.method, "chains_start_apart", None)
+    diag.rule = "chain-wise" if start_apart is not None and start_apart() else "pooled"
+    if diag.rule == "chain-wise":
+        diag.add_check(
+            "max chain-wise R-hat", chain_value, "<", CHAIN_RHAT_MAX,
+            f"chain-wise R-hat {chain_value:.3f} in {chain_where} (should be < "
+            f"{CHAIN_RHAT_MAX}): the chain has not mixed within its own mode (its quarters "
+            "disagree: it drifts or sticks); run longer or improve the adaptation")
+        diag.add_figure(
+            "max R-hat", pooled_value,
+            f"pooled R-hat {pooled_value:.3f} (at {pooled_where}) measures how different the "
+            f"modes of the {chains} chains are, which started apart on purpose; it is "
+            "reported, not checked (Posterior.stacking_weights() weighs the chains by their "
+            "predictions)" if chains > 1 else
+            "one chain: no pooled R-hat (it compares chains); reported, not checked")
+        for label in ("bulk", "tail"):
+            data = ess_by_chain(quantities, label)
+            diag.details[f"ess_{label}_by_chain"] = data
+            value, where = _worst_by_chain(data, largest=False)
+            diag.add_check(
+                f"min {label} ESS per chain", value, ">", ESS_PER_CHAIN,
+                f"{label} ESS {value:.0f} in {where} (should be > {ESS_PER_CHAIN} in every "
+                "chain): draw more samples")
+    else:
+        diag.add_check("max R-hat", pooled_value, "<", RHAT_MAX,
+                       f"R-hat {pooled_value:.3f} at {pooled_where} (should be < {RHAT_MAX}): "
+                       "chains disagree; run longer or reparameterize")
+        diag.add_figure(
+            "max chain-wise R-hat", chain_value,
+            f"chain-wise R-hat {chain_value:.3f} (worst: {chain_where}): how well each "
+            "chain mixed on its own; reported, not checked, since these chains started from "
+            "one distribution and must agree (the pooled R-hat)")
+        min_ess = ESS_PER_CHAIN * chains
+        for label in ("bulk", "tail"):
+            data = ess(quantities, label)
+            diag.details[f"ess_{label}"] = data
+            value, where = _worst(data, largest=False)
+            diag.add_check(f"min {label} ESS", value, ">", min_ess,
+                           f"{label} ESS {value:.0f} at {where} (should be > {min_ess}, i.e. "
+                           f"{ESS_PER_CHAIN} per chain): draw more samples")
+    _add_sampler_checks(posterior, diag)
+
+
+def _add_sampler_checks(posterior: Posterior, diag: Diagnostics) -> None:
+    """Divergences, tree depth and E-BFMI, where the run records what they need.
+
+    A statistic that the method declares it never records (``sampler_stats``) is skipped
+    without a note; one it declares is noted when missing. A method that declares nothing (a
+    run made elsewhere) is judged by what it recorded: missing statistics are noted where it
+    recorded some of a tree sampler's (e.g. NumPyro's, without tree depths), and once where it
+    recorded none at all; a run with statistics of another kind of sampler only is not noted.
+    """
+    draws = diag.shape[1]
     stats = posterior.stats
+    declared = getattr(posterior.method, "sampler_stats", None)
+    if declared is None and not stats:
+        diag.notes.append("no per-draw statistics recorded; divergence, tree depth and E-BFMI "
+                          "checks skipped")
+    tree_sampler = bool(_TREE_SAMPLER_STATS & set(stats))
+
+    def missing(name: str, what: str) -> None:
+        if (name in declared) if declared is not None else tree_sampler:
+            diag.notes.append(f"stats lack {name!r}; {what} check skipped")
+
     if "diverging" in stats:
         diverging = _numpy(stats["diverging"]).astype(bool)
         fraction = float(diverging.mean())
@@ -343,14 +497,14 @@ def _diagnose_nuts(posterior: Posterior, diag: Diagnostics) -> None:
                                  "may miss part of the posterior; consider a higher "
                                  "target_accept")
     else:
-        diag.notes.append("stats lack 'diverging'; divergence check skipped")
+        missing("diverging", "divergence")
     if "reached_max_tree_depth" in stats:
         fraction = float(_numpy(stats["reached_max_tree_depth"]).astype(bool).mean())
         diag._add("max tree depth fraction", fraction, "<=", TREE_DEPTH_MAX,
                   f"{fraction:.1%} of transitions hit the maximum tree depth (at most "
                   f"{TREE_DEPTH_MAX:.0%} allowed): raise max_tree_depth or improve warmup")
     else:
-        diag.notes.append("stats lack 'reached_max_tree_depth'; tree depth check skipped")
+        missing("reached_max_tree_depth", "tree depth")
     if "energy" in stats and draws >= 3:
         values = ebfmi(_numpy(stats["energy"]))
         diag.details["ebfmi"] = values
@@ -358,8 +512,15 @@ def _diagnose_nuts(posterior: Posterior, diag: Diagnostics) -> None:
         diag._add("min E-BFMI", float(values[worst]), ">=", EBFMI_MIN,
                   f"E-BFMI {values[worst]:.2f} in chain {worst} (should be >= {EBFMI_MIN}): "
                   "momentum resampling explores the energy poorly; reparameterize")
+    elif "energy" in stats:
+        diag.notes.append("fewer than 3 draws; E-BFMI check skipped")
     else:
-        diag.notes.append("no energies (or fewer than 3 draws); E-BFMI check skipped")
+        missing("energy", "E-BFMI")
+
+
+# Per-draw statistics of a tree-building Hamiltonian sampler (NUTS: ours, Pyro's, NumPyro's).
+_TREE_SAMPLER_STATS = frozenset({"diverging", "reached_max_tree_depth", "energy", "tree_depth",
+                                 "num_steps", "accept_prob"})
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -692,7 +853,7 @@ def diagnose(posterior: Posterior) -> Diagnostics:
     kind = getattr(posterior.method, "kind", None)
     diag = Diagnostics(name, (posterior.num_chains, posterior.num_draws))
     if kind == "mcmc":
-        _diagnose_nuts(posterior, diag)
+        _diagnose_mcmc(posterior, diag)
     elif kind == "variational":
         _diagnose_vi(posterior, diag)
     elif kind in ("ensemble", "optimization"):

@@ -408,8 +408,80 @@ class Posterior:
                 scales.append(scale)
         return torch.cat(locs), torch.cat(scales)
 
-    def predict(self, x: Any, num_draws: int | None = None, seed: int | None = None
-                ) -> Prediction:
+    def stacking_weights(self) -> np.ndarray:
+        """Stacking weights of the chains (Yao, Vehtari & Gelman 2022).
+
+        Chains begun at distinct modes (NUTS ``init='map'``, MCLMC) rarely move between them,
+        so pooling their draws with equal weights weighs each mode by how many chains happened
+        to start there. Stacking weighs each chain by how well it predicts each training point
+        left out: the PSIS-LOO log predictive density of every point under every chain
+        (:func:`bayesresnet.stacking.chain_elpd`, from :meth:`evaluate`'s log-likelihood, so a
+        method's own predictive is used where it has one), then the weights on the simplex
+        that maximize the mixture's leave-one-out log score
+        (:func:`bayesresnet.stacking.stacking_weights`). Use them with
+        ``predict(x, weights="stacking")``.
+
+        Returns
+        -------
+        ndarray (chain,)
+            Non-negative weights summing to 1; ``[1.0]`` for one chain (VI, ensembles).
+
+        Warns
+        -----
+        UserWarning
+            When some chain's leave-one-out estimate is unreliable at some points (Pareto
+            k-hat above 0.7): the weights then lean on rough estimates; more draws per chain
+            help.
+        """
+        return self._stacking_weights(stacklevel=3)
+
+    def _stacking_weights(self, stacklevel: int) -> np.ndarray:
+        """:meth:`stacking_weights`, warning ``stacklevel`` frames up (the user's call)."""
+        from .convert import pointwise_log_likelihood
+        from .diagnostics import KHAT_MAX
+        from .stacking import chain_elpd, stacking_weights
+
+        if self.num_chains == 1:
+            return np.ones(1)
+        elpd, khat = chain_elpd(pointwise_log_likelihood(self))
+        bad = khat > KHAT_MAX
+        if bad.any():
+            warnings.warn(f"stacking weights: the leave-one-out estimate of {int(bad.sum())} of "
+                          f"{bad.size} (chain, point) pairs has Pareto k-hat above {KHAT_MAX} "
+                          f"(worst {float(khat.max()):.2f}), so it is unreliable; more draws per "
+                          "chain help (a chain that predicts some points badly has high k-hat "
+                          "there, and little weight)", UserWarning, stacklevel=stacklevel)
+        return stacking_weights(elpd)
+
+    def _chain_weights(self, weights: Any) -> np.ndarray | None:
+        """``predict``'s ``weights`` argument checked: None, or weights (chain,) summing to 1."""
+        if weights is None:
+            return None
+        chains = self.num_chains
+        if isinstance(weights, str):
+            if weights != "stacking":
+                raise ValueError(f"weights must be None, 'stacking' or an array of {chains} "
+                                 f"per-chain weights, got {weights!r}")
+            return self._stacking_weights(stacklevel=4)
+        if isinstance(weights, Tensor):
+            weights = weights.detach().cpu().numpy()
+        array = np.asarray(weights)
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"weights must be None, 'stacking' or an array of {chains} numbers, "
+                             f"got {weights!r}")
+        array = array.astype(np.float64)
+        if array.shape != (chains,):
+            raise ValueError(f"weights must have one entry per chain, shape ({chains},), got "
+                             f"shape {array.shape}")
+        if not np.isfinite(array).all() or (array < 0).any():
+            raise ValueError(f"weights must be finite and non-negative, got {array.tolist()}")
+        if not math.isclose(float(array.sum()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"weights must sum to 1 (to within 1e-6), got sum "
+                             f"{float(array.sum())!r}")
+        return array / array.sum()
+
+    def predict(self, x: Any, num_draws: int | None = None, seed: int | None = None, *,
+                weights: Any = None) -> Prediction:
         """Posterior predictive at new inputs, in original units.
 
         Parameters
@@ -422,6 +494,17 @@ class Posterior:
         seed : int, optional
             Seeds the subset and the observation noise of ``Prediction.samples``
             (default: the fit's seed); an integer in [0, 2**63 - 1].
+        weights : None, 'stacking' or array (chain,), optional
+            How much each chain counts. None (default): every draw equally, so each chain in
+            proportion to its draws. ``"stacking"``: :meth:`stacking_weights`. An array:
+            non-negative weights of the chains, summing to 1. The prediction then uses M draws
+            (``num_draws``, default all), of which chain k contributes ``round(w_k M)``
+            (:func:`bayesresnet.stacking.apportion_draws`: a random subset of the chain's
+            draws, reproducibly from ``seed``, each draw repeated where the chain's share
+            exceeds its draws), so that its equal-weight mixture is the chain-weighted one up
+            to rounding each chain's share to a multiple of 1/M. Equal weights with all draws
+            give exactly the unweighted prediction. A weighted prediction with unequal shares
+            is one chain in ``Prediction.to_xarray``.
 
         Returns
         -------
@@ -430,14 +513,28 @@ class Posterior:
         Raises
         ------
         ValueError
-            For invalid inputs, ``num_draws`` or ``seed``, and when the predictive mean or
-            scale is not finite in float64 (inputs, or the data scaling, too large).
+            For invalid inputs, ``num_draws``, ``seed`` or ``weights``, and when the
+            predictive mean or scale is not finite in float64 (inputs, or the data scaling, too
+            large).
         """
         x = check_inputs(x, self.model.in_dim)
         seed = check_seed(self.seed, "Posterior.seed") if seed is None else check_seed(seed)
+        chain_weights = self._chain_weights(weights)
         x_std = self.x_scaler.transform(x)
-        values = self.flat_draws(num_draws, seed)
         total = self.num_chains * self.num_draws
+        if chain_weights is None:
+            values = self.flat_draws(num_draws, seed)
+            whole = next(iter(values.values())).shape[0] == total
+        else:
+            from .stacking import apportion_draws
+
+            self.flat_draws(num_draws)  # checks num_draws
+            count = total if num_draws is None else min(int(num_draws), total)
+            index = torch.as_tensor(apportion_draws(chain_weights, self.num_draws, count, seed))
+            # Every draw once, in order (equal weights, all draws): the unweighted prediction.
+            whole = count == total and bool((index == torch.arange(total)).all())
+            values = self.flat_draws() if whole else \
+                {k: v[index] for k, v in self.flat_draws().items()}
         if num_draws is not None and num_draws > total:
             warnings.warn(f"{num_draws} draws were asked for but the posterior has {total}; "
                           f"using all {total}", UserWarning, stacklevel=2)
@@ -454,7 +551,7 @@ class Posterior:
         if not (torch.isfinite(f_samples).all() and torch.isfinite(noise).all()):
             raise overflow()
         generator = torch.Generator().manual_seed(seed + 1)
-        chains = self.num_chains if next(iter(values.values())).shape[0] == total else 1
+        chains = self.num_chains if whole else 1
         with np.errstate(over="ignore", invalid="ignore"):
             prediction = Prediction(f_samples, noise, generator, x=x.numpy(), chains=chains,
                                     input_names=self.feature_names,

@@ -50,9 +50,10 @@ import torch
 from . import metrics
 from .arviz_compat import draws_dataset, ess
 from .arviz_compat import rhat as compat_rhat
+from .diagnostics import INFO_RULE
 from .posterior import Posterior, Prediction, as_float_tensor, check_inputs
 
-__all__ = ["SECTIONS", "compare_report", "report", "summary_rows"]
+__all__ = ["SECTIONS", "compare_report", "convergence_text", "report", "summary_rows"]
 
 SECTIONS = {
     "run": "Run",
@@ -220,24 +221,43 @@ def _run_section(posterior: Posterior) -> str:
             + f"<p>Model configuration:</p><pre>{_esc(config)}</pre>")
 
 
+# What each rule of MCMC diagnostics means, for the reader of a report.
+_RULE_TEXT = {
+    "chain-wise": "the chains started at distinct modes on purpose, so each chain must mix "
+                  "within its own mode (split R-hat and ESS per chain); the pooled R-hat "
+                  "measures how different the modes are and is reported, not checked.",
+    "pooled": "the chains started from one distribution, so all chains together must agree "
+              "(pooled R-hat and ESS); the chain-wise R-hat is reported, not checked.",
+}
+
+
 def _diagnostics_section(posterior: Posterior) -> tuple[str, bool]:
     diag = _diagnose(posterior)
     table = diag.table
     rows = []
     for record in table.itertuples(index=False):
+        if record.rule == INFO_RULE:  # a figure that is reported, not checked
+            rows.append((record.check, float(record.value), "not checked", "info"))
+            continue
         mark = (_Raw('<span class="pass">&#10004; pass</span>') if record.passed
                 else _Raw('<span class="fail">&#10008; FAIL</span>'))
         rows.append((record.check, float(record.value), f"{record.rule} {_fmt(record.threshold)}",
                      mark))
-    if len(table) == 0:
+    if diag.num_checks == 0:
         verdict = "no convergence checks apply to this run"
     elif diag.ok:
-        verdict = f"all {len(table)} checks passed"
+        verdict = f"all {diag.num_checks} checks passed"
     else:
-        verdict = f"{len(diag.failed)} of {len(table)} checks FAILED"
+        verdict = f"{len(diag.failed)} of {diag.num_checks} checks FAILED"
     css = "pass" if diag.ok else "fail"
     parts = [f'<p class="verdict">{_esc(diag.method)}: <span class="{css}">{_esc(verdict)}'
              "</span></p>"]
+    if diag.rule is not None:
+        parts.append(f"<p>Mixing judged by the <b>{_esc(diag.rule)}</b> rule: "
+                     f"{_esc(_RULE_TEXT[diag.rule])} Pooled R-hat "
+                     f"{_esc(_fmt(diag.details.get('pooled_rhat', math.nan)))}, worst "
+                     "chain-wise R-hat "
+                     f"{_esc(_fmt(diag.details.get('chainwise_rhat', math.nan)))}.</p>")
     if len(table):
         parts.append(_table(["check", "value", "rule", "result"], rows))
     for title, items in (("Warnings", diag.warnings), ("Notes", diag.notes)):
@@ -663,9 +683,11 @@ def _page(title: str, sections: dict[str, str], ok: bool, keep_order: bool = Fal
 
 # ------------------------------------------------------------------------------- several runs
 # Per method: the check of ``diagnose`` that best summarizes convergence, and its short label.
-_KEY_CHECKS = {"nuts": ("max R-hat", "R-hat"), "meanfield": ("PSIS k-hat", "k-hat"),
-               "lowrank": ("PSIS k-hat", "k-hat"),
+# MCMC runs (any method of kind "mcmc") use the R-hat their rule judges (_MCMC_KEY_CHECKS).
+_KEY_CHECKS = {"meanfield": ("PSIS k-hat", "k-hat"), "lowrank": ("PSIS k-hat", "k-hat"),
                "ensemble": ("member spread / noise", "spread/noise")}
+_MCMC_KEY_CHECKS = {"chain-wise": ("max chain-wise R-hat", "R-hat"),
+                    "pooled": ("max R-hat", "R-hat")}
 
 
 def _check_runs(posteriors: Any) -> dict[str, Posterior]:
@@ -699,7 +721,12 @@ def summary_rows(posteriors: dict[str, Posterior], x_test: Any = None, y_test: A
         Keys: ``name``, ``method``, ``data`` ("test" or "train"), ``rmse``, ``nll``,
         ``coverage_95``, ``width_95``, ``crps``, ``fit_seconds``, ``convergence`` (label such as
         ``"R-hat"``, ``"k-hat"`` or ``"spread/noise"``, or ``""``), ``convergence_value``
-        (float, NaN when there is none), ``diagnostics_ok`` (bool).
+        (float, NaN when there is none), ``diagnostics_ok`` (bool); for MCMC runs the
+        convergence value is the R-hat their rule judges, and ``rhat_rule``
+        (``"chain-wise"`` or ``"pooled"``, see :class:`~bayesresnet.diagnostics.Diagnostics`),
+        ``rhat_pooled`` and ``rhat_chainwise`` (the pooled R-hat and the worst chain-wise
+        R-hat, both whatever the rule) say which rule applied and give both figures
+        (``""`` and NaN for other methods).
     """
     rows = []
     for name, post in _check_runs(posteriors).items():
@@ -709,7 +736,10 @@ def summary_rows(posteriors: dict[str, Posterior], x_test: Any = None, y_test: A
             x, y, label = post.x_train, post.y_train, "train"
         pred = _predict(post, x)
         diag = _diagnose(post)
-        check, short = _KEY_CHECKS.get(post.method.name, ("", ""))
+        if diag.rule is not None:
+            check, short = _MCMC_KEY_CHECKS[diag.rule]
+        else:
+            check, short = _KEY_CHECKS.get(post.method.name, ("", ""))
         table = diag.table
         match = table[table["check"] == check]["value"].to_numpy()
         rows.append({
@@ -721,8 +751,25 @@ def summary_rows(posteriors: dict[str, Posterior], x_test: Any = None, y_test: A
             "convergence": short if match.size else "",
             "convergence_value": float(match[0]) if match.size else math.nan,
             "diagnostics_ok": bool(diag.ok),
+            "rhat_rule": diag.rule or "",
+            "rhat_pooled": float(diag.details.get("pooled_rhat", math.nan)),
+            "rhat_chainwise": float(diag.details.get("chainwise_rhat", math.nan)),
         })
     return rows
+
+
+def convergence_text(row: dict[str, Any]) -> str:
+    """The convergence cell of a row of :func:`summary_rows`, e.g. ``"k-hat 0.42"`` or, for an
+    MCMC run, the judged R-hat with its rule and the other figure:
+    ``"R-hat 1.01 chain-wise (pooled 1.42)"``; ``""`` when the run has no key check."""
+    if not row["convergence"]:
+        return ""
+    text = f"{row['convergence']} {_fmt(row['convergence_value'])}"
+    if row.get("rhat_rule") == "chain-wise":
+        return f"{text} chain-wise (pooled {_fmt(row['rhat_pooled'])})"
+    if row.get("rhat_rule") == "pooled":
+        return f"{text} pooled (chain-wise {_fmt(row['rhat_chainwise'])})"
+    return text
 
 
 def _bands_figure(posteriors: dict[str, Posterior], x_test: np.ndarray | None,
@@ -801,14 +848,19 @@ def compare_report(posteriors: dict[str, Posterior], out_dir: str | os.PathLike,
         [(_Raw(f'<a href="{_esc(r["name"])}/index.html">{_esc(r["name"])}</a>'), r["method"],
           r["rmse"], r["nll"], r["coverage_95"], r["width_95"], r["crps"],
           round(r["fit_seconds"], 1),
-          f"{r['convergence']} {_fmt(r['convergence_value'])}" if r["convergence"] else "",
+          convergence_text(r),
           _Raw('<span class="pass">&#10004; ok</span>' if r["diagnostics_ok"]
                else '<span class="fail">&#10008; FAIL</span>'))
          for r in rows])
     sections = {"metrics": (f"<p>Metrics on the {data} data (original units); convergence: "
-                            "the key check of each method's diagnostics (NUTS: max R-hat, "
-                            "VI: PSIS k-hat, ensemble: member spread over noise). Each run's "
-                            "name links to its full report.</p>" + table)}
+                            "the key check of each method's diagnostics (MCMC: max R-hat, "
+                            "VI: PSIS k-hat, ensemble: member spread over noise). MCMC runs "
+                            "say which rule judged them and show the other R-hat: "
+                            "<i>chain-wise</i> for chains started at distinct modes (each "
+                            "chain's split R-hat is checked; the pooled R-hat measures mode "
+                            "diversity), <i>pooled</i> for chains started from one "
+                            "distribution. Each run's name links to its full report.</p>"
+                            + table)}
     single = all(p.model.in_dim == 1 and p.model.out_dim == 1 for p in posteriors.values())
     if single:
         first = next(iter(posteriors.values()))

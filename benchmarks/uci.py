@@ -64,9 +64,10 @@ DEFAULT_PUBLISHED = REPO.parent / "shared" / "benchmarks" / "uci_published.csv"
 RESULTS_NAME = "uci.jsonl"
 
 # Methods in the order their units run: the cheap ones first, NUTS last.
-METHODS = ("map", "ensemble", "swag", "laplace", "meanfield", "lowrank", "nuts")
+METHODS = ("map", "ensemble", "swag", "laplace", "meanfield", "lowrank", "mclmc", "nuts")
 METHOD_LABELS = {"map": "MAP", "ensemble": "Ensemble", "swag": "MultiSWAG", "laplace": "Laplace",
-                 "meanfield": "MeanField", "lowrank": "LowRank", "nuts": "NUTS"}
+                 "meanfield": "MeanField", "lowrank": "LowRank", "mclmc": "MCLMC",
+                 "nuts": "NUTS"}
 
 # Our data-set folder names -> the names of the published tables.
 PUBLISHED_NAMES = {
@@ -213,6 +214,8 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
                           "backend": "flat"},
             "lowrank": {"steps": 300, "lr": 0.01, "num_particles": 1, "num_draws": 100,
                         "backend": "pyro"},
+            "mclmc": {"num_samples": 30, "thinning": 2, "tune_steps": 100, "chains": 4,
+                      "init_steps": 300},
             "nuts": {"num_samples": 30, "warmup": 30, "chains": 4 if vectorized else 2,
                      "max_tree_depth": 4, "init": "map", "init_steps": 300, "backend": backend},
         }
@@ -234,6 +237,9 @@ def default_config(quick: bool = False, nuts_backend: str | None = None) -> dict
                           "backend": "flat"},
             "lowrank": {"steps": 2000, "lr": 0.01, "num_particles": 2, "num_draws": 500,
                         "backend": "pyro"},
+            # MILE: chains begun at 1000-step MAP fits, then a fixed MCLMC budget.
+            "mclmc": {"num_samples": 400, "thinning": 5, "tune_steps": 2000, "chains": 4,
+                      "init_steps": 1000},
             "nuts": ({"num_samples": 150, "warmup": 150, "chains": 4, "max_tree_depth": 7,
                       "init": "map", "backend": backend} if vectorized else
                      {"num_samples": 100, "warmup": 100, "chains": 2, "max_tree_depth": 6,
@@ -303,6 +309,12 @@ def _method_diagnostics(posterior: Any, method: str, pred: Any) -> dict[str, Any
                 "mean_tree_depth": float(np.mean(stats["tree_depth"])),
                 "mean_accept_prob": float(np.mean(stats["accept_prob"])),
                 "max_rhat_f": None if rhat is None else float(np.max(rhat))}
+    if method == "mclmc":
+        diagnostics = posterior.diagnose()
+        return {"divergences": int(np.sum(stats["diverging"])),
+                "energy_variance": [float(v) for v in posterior.extra["energy_variance"]],
+                "diagnostics_ok": bool(diagnostics.ok),
+                "failed_checks": list(diagnostics.failed)}
     if method in ("meanfield", "lowrank"):
         elbo = np.asarray(stats["elbo"])
         tail = max(1, len(elbo) // 10)
@@ -593,7 +605,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
     Returns
     -------
     dict (dataset, method) -> {"n": splits, "splits": sorted list, metric: (mean, se)}
-        The standard error is the sample standard deviation over splits / sqrt(n)
+        Also ``cpu_seconds`` (mean, NaN) where every record has it. The standard error is
+        the sample standard deviation over splits / sqrt(n)
         (NaN for one split).
     """
     groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
@@ -606,6 +619,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
             values = np.array([r[metric] for r in by_split.values()], dtype=float)
             se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan
             entry[metric] = (float(values.mean()), float(se))
+        # CPU seconds of the whole unit: less sensitive than wall time to other jobs' load.
+        if all("cpu_seconds" in r for r in by_split.values()):
+            cpu = np.array([r["cpu_seconds"] for r in by_split.values()], dtype=float)
+            entry["cpu_seconds"] = (float(cpu.mean()), math.nan)
         summary[key] = entry
     return summary
 
@@ -614,6 +631,29 @@ def _pm(mean: float, err: float, digits: int = 3) -> str:
     if math.isnan(err):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {err:.{digits}f}"
+
+
+def _mclmc_targets(summary: dict[tuple[str, str], dict[str, Any]], dataset: str) -> list[str]:
+    """MCLMC against our NUTS rows: RMSE and NLL within one standard error of the difference
+    or better, at most a fifth of NUTS's mean fit time (wall and CPU seconds both shown)."""
+    ours, nuts = summary.get((dataset, "mclmc")), summary.get((dataset, "nuts"))
+    if ours is None or nuts is None:
+        return []
+    rows = []
+    for metric in ("rmse", "nll"):
+        (mean, se), (ref, ref_se) = ours[metric], nuts[metric]
+        margin = math.hypot(0.0 if math.isnan(se) else se, 0.0 if math.isnan(ref_se) else ref_se)
+        rows.append(f"| {dataset} | MCLMC {METRIC_LABELS[metric]} ≤ NUTS + {margin:.3f} | "
+                    f"{_pm(mean, se)} (n={ours['n']}) | {_pm(ref, ref_se)} (NUTS, "
+                    f"n={nuts['n']}) | {'yes' if mean <= ref + margin else 'no'} |")
+    for metric in ("fit_seconds", "cpu_seconds"):
+        if metric not in ours or metric not in nuts:
+            continue
+        mean, ref = ours[metric][0], nuts[metric][0]
+        rows.append(f"| {dataset} | MCLMC mean {metric.replace('_', ' ')} ≤ NUTS / 5 | "
+                    f"{mean:.1f} ({mean / ref:.2f} x NUTS) | {ref:.1f} (NUTS) | "
+                    f"{'yes' if mean <= ref / 5 else 'no'} |")
+    return rows
 
 
 def _targets(summary: dict[tuple[str, str], dict[str, Any]], datasets: Sequence[str],
@@ -642,6 +682,7 @@ def _targets(summary: dict[tuple[str, str], dict[str, Any]], datasets: Sequence[
                 rows.append(f"| {dataset} | {METHOD_LABELS[method]} {METRIC_LABELS[metric]} "
                             f"{rule} | {_pm(mean, se)} (n={ours['n']}) | {ref:.2f} | "
                             f"{'yes' if met else 'no'} |")
+        rows += _mclmc_targets(summary, dataset)
         low, high = COVERAGE_TARGET
         for method in COVERAGE_METHODS:
             ours = summary.get((dataset, method))

@@ -164,7 +164,9 @@ def test_grouped_members_equal_one_batch_up_to_rounding(toy):
     brn.NUTS(chains=2, backend="pyro", **NUTS_FAST),
     brn.Ensemble(members=5, members_per_unit=2, steps=30, batch_size=7, anchored=True),
     brn.MeanField(steps=20, num_draws=10),
-], ids=["nuts-vectorized", "nuts-pyro", "ensemble", "meanfield"])
+    brn.MCLMC(chains=3, chains_per_unit=2, num_samples=5, thinning=2, tune_steps=20,
+              init_steps=10),
+], ids=["nuts-vectorized", "nuts-pyro", "ensemble", "meanfield", "mclmc"])
 def test_dask_fit_equals_local_fit(toy, client, method):
     local = _fit(toy, method)
     remote = _fit(toy, method, executor=client.get_executor())

@@ -28,6 +28,7 @@ from bayesresnet.data import Standardizer, cubic
 from bayesresnet.export import PosteriorFileError, compare, load, save, to_arviz
 from bayesresnet.inference.ensemble import MAP, Ensemble
 from bayesresnet.inference.fit import METHODS, fit
+from bayesresnet.inference.mclmc import MCLMC
 from bayesresnet.inference.nuts import NUTS
 from bayesresnet.inference.vi import LowRank, MeanField
 from bayesresnet.posterior import Posterior
@@ -102,6 +103,7 @@ TINY = {
     "lowrank": lambda: LowRank(steps=30, num_draws=40, num_particles=1),
     "ensemble": lambda: Ensemble(members=3, steps=20),
     "map": lambda: MAP(steps=20),
+    "mclmc": lambda: MCLMC(num_samples=10, thinning=2, tune_steps=20, chains=2, init_steps=10),
 }
 
 

@@ -78,6 +78,25 @@ class InferenceMethod(ABC):
     """Whether a ``"variational"`` method's fit optimizes an ELBO (and records ``stats["elbo"]``);
     False for Gaussians fitted otherwise (Laplace, SWAG), whose diagnostics then do not miss it."""
 
+    sampler_stats: ClassVar[frozenset[str] | None] = None
+    """The per-draw statistics an ``"mcmc"`` method's runs record (e.g. NUTS's ``diverging``,
+    ``reached_max_tree_depth``, ``energy``), or None where that is not known (draws made
+    outside the library). The diagnostics skip a check whose statistic the method declares it
+    never records (e.g. tree depth for a sampler that builds no trees) without a note, and note
+    a statistic that is missing where the method should have it or is not known."""
+
+    def chains_start_apart(self) -> bool:
+        """Whether the method starts its chains at distinct modes on purpose.
+
+        Chains started at distinct modes (e.g. each at its own MAP fit) form an ensemble of
+        local samplers: each is expected to mix within its own mode, not to reach the others,
+        so :func:`~bayesresnet.diagnostics.diagnose` judges them chain by chain (split R-hat
+        and ESS of each chain) and reports the pooled between-chain R-hat as a figure of mode
+        diversity. Chains started from one distribution (False, the default) are expected to
+        forget their starts and agree, and keep the pooled checks.
+        """
+        return False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:  # concrete methods; abstract bases define no name

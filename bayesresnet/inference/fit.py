@@ -16,6 +16,7 @@ from .base import InferenceMethod, check_seed
 from .ensemble import MAP, Ensemble
 from .executor import plan_method, run_method, run_plan
 from .laplace import Laplace
+from .mclmc import MCLMC
 from .nuts import NUTS
 from .swag import SWAG
 from .vi import LowRank, MeanField
@@ -30,6 +31,7 @@ METHODS: dict[str, type[InferenceMethod]] = {
     "map": MAP,
     "swag": SWAG,
     "laplace": Laplace,
+    "mclmc": MCLMC,
 }
 """Inference method classes by the names that :func:`fit` accepts as ``method=``."""
 

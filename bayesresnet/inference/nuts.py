@@ -56,7 +56,6 @@ Per-draw statistics (arrays of shape (chain, draw), post-warmup only)
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -76,38 +75,35 @@ from .base import (
     make_progress,
     seeded_generator,
 )
+from .chains import (
+    INITS,
+    STREAM_INIT,
+    LogDensity,
+    TieredLogDensity,
+    combine_chain_groups,
+    constrained_draws,
+    initial_positions,
+    start_positions,
+    starting_draws,
+)
 from .executor import (
     Plan,
     WorkUnit,
     derived_seed,
-    global_state_lock,
     private_pyro_state,
     run_plan,
     span,
     split_range,
 )
-from .optim import map_fit
 
 __all__ = ["BACKENDS", "INITS", "NUTS", "SamplerOutput", "TieredLogDensity",
            "initial_positions", "sample_pyro"]
 
-LogDensity = Callable[[Tensor], Tensor]
-
-INITS = ("map", "network", "prior", "prior-map")
-_OPTIMIZED_INITS = ("map", "prior-map")
-_PRIOR_INITS = ("prior", "prior-map")
 BACKENDS = ("vectorized", "pyro")
 
-# Learning rate of the MAP initialization. Adam moves each coordinate by about lr per step
-# whatever the gradient's scale, so 500 steps can carry an extreme prior draw (e.g. a noise
-# scale of 1e-4, z = log noise = -9) back into the bulk; the cosine decay then settles it.
-_INIT_LR = 0.05
-
-# Budget (bytes) for one chunk of draws when the log joint of all draws is evaluated.
-_CHUNK_BYTES = 1 << 28
-
-# Distinct streams derived from the fit's seed.
-_STREAM_INIT, _STREAM_CHAIN, _STREAM_UNIT = 1, 2, 3
+# Distinct streams derived from the fit's seed (STREAM_INIT, 1, is the starting draws').
+_STREAM_CHAIN, _STREAM_UNIT = 2, 3
+_STREAM_INIT = STREAM_INIT
 _derived_seed = derived_seed
 
 
@@ -197,6 +193,9 @@ class NUTS(InferenceMethod):
 
     name: ClassVar[str] = "nuts"
     kind: ClassVar[str] = "mcmc"
+    sampler_stats: ClassVar[frozenset[str] | None] = frozenset({
+        "diverging", "tree_depth", "num_steps", "reached_max_tree_depth", "step_size",
+        "accept_prob", "log_density", "log_joint", "energy"})
 
     num_samples: int = 1000
     warmup: int = 1000
@@ -257,6 +256,21 @@ class NUTS(InferenceMethod):
         """
         return run_plan(self.plan(model, x, y, seed), progress=progress)
 
+    def chains_start_apart(self) -> bool:
+        """True for ``init`` 'map' and 'prior-map', False for 'prior' and 'network'.
+
+        'map' and 'prior-map' optimize each chain's start into the mode nearest its own
+        initialization, so the chains begin at distinct modes on purpose and are diagnosed
+        chain by chain (the pooled R-hat then measures how different the modes are). 'prior'
+        and 'network' start each chain at an independent draw from one distribution (the
+        prior, or the network initialization), not optimized: that is the classical setting of
+        the pooled R-hat, whose chains should forget their starts and agree; if they settle in
+        different modes, the run did not mix, and the pooled checks say so. On the demo problem
+        NumPyro's randomly started chains do mix (pooled R-hat of f 1.009), so excusing them
+        would hide a sampler that could.
+        """
+        return self.init in ("map", "prior-map")
+
     def chain_groups(self) -> list[range]:
         """The chains of each unit of work, in unit order (see ``chains_per_unit``)."""
         per_unit = self.chains_per_unit
@@ -274,7 +288,7 @@ class NUTS(InferenceMethod):
         self.validate(model)
         seed = check_seed(seed)
         groups = self.chain_groups()
-        z_start = _starting_draws(model, self.init, self.chains, seed)
+        z_start = starting_draws(model, self.init, self.chains, seed)
         units = tuple(
             WorkUnit(f"NUTS chain group {k} of {len(groups)} ({span(chains, 'chain')})",
                      _sample_chain_group,
@@ -284,120 +298,28 @@ class NUTS(InferenceMethod):
         if len(groups) == 1 and self.chains > 1:
             hint = (f"NUTS: all {self.chains} chains form one unit of work, so an executor runs "
                     "them on one worker; set NUTS(chains_per_unit=...) to spread them")
-        return Plan(units, _combine_chain_groups, desc=f"NUTS ({len(groups)} chain groups)",
+        return Plan(units, combine_chain_groups, desc=f"NUTS ({len(groups)} chain groups)",
                     hint=hint)
 
 
-# ---------------------------------------------------------------------------------- shared parts
-def initial_positions(model: BayesianResNet, x: Tensor, y: Tensor, chains: int, seed: int,
-                      init: str = "map", init_steps: int = 500) -> Tensor:
-    """Flat unconstrained starting points of the chains, shape (chains, dim).
-
-    Each chain's start is its own draw of the network's initialization (``init='network'``) or
-    of the prior (``init='prior'``), for ``'map'`` and ``'prior-map'`` respectively improved by
-    ``init_steps`` Adam steps on the log density of z, batched over chains (see :class:`NUTS`).
-
-    Raises
-    ------
-    ValueError
-        If a starting point has a non-finite log density.
-    """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
-    seed = check_seed(seed)
-    z_start = _starting_draws(model, init, chains, seed)
-    return _start_positions(model, x, y, z_start, init, init_steps)
-
-
-def _starting_draws(model: BayesianResNet, init: str, chains: int, seed: int) -> Tensor:
-    """The flat draws (chains, dim) the chains start from, before any optimization: prior draws
-    for ``init`` 'prior' and 'prior-map', network initializations otherwise; all from one
-    stream of the fit's seed, chain after chain."""
-    stream = _derived_seed(seed, _STREAM_INIT)
-    if init in _PRIOR_INITS:
-        # sample_prior seeds and draws from the global torch RNG (inside fork_rng).
-        with global_state_lock():
-            values = model.sample_prior(stream, (chains,))
-    else:
-        generator = torch.Generator().manual_seed(stream)
-        draws = [model.initial_values(generator) for _ in range(chains)]
-        values = {name: torch.stack([draw[name] for draw in draws]) for name in draws[0]}
-    return model.unconstrain(values).detach()
-
-
-def _start_positions(model: BayesianResNet, x: Tensor, y: Tensor, z_start: Tensor, init: str,
-                     init_steps: int, first_chain: int = 0) -> Tensor:
-    """Starting points (C, dim) of chains first_chain, first_chain + 1, ... from their flat
-    starting draws ``z_start`` (C, dim): unchanged, or after a MAP optimization batched over
-    C."""
-    if init in _OPTIMIZED_INITS:
-        z0, start = map_fit(model, x, y, z_start, init_steps, _INIT_LR)
-    else:
-        z0 = z_start
-        with torch.no_grad():
-            start = model.log_density(z0, x, y)
-    bad = (~torch.isfinite(start)).nonzero().flatten().tolist()
-    if bad:
-        chains = [first_chain + b for b in bad]
-        raise ValueError(f"NUTS: the starting point of chain(s) {chains} has a non-finite log "
-                         f"density ({start[bad].tolist()}) after init={init!r}")
-    return z0
-
-
+# ---------------------------------------------------------------------------------- a unit
 def _sample_chain_group(method: NUTS, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
                         unit: int, chains: range, z_start: Tensor, *,
                         progress: bool) -> MethodResult:
     """One unit of work: start, sample and constrain the chains ``chains`` (unit ``unit``)."""
-    z0 = _start_positions(model, x, y, z_start, method.init, method.init_steps, chains.start)
+    z0 = start_positions(model, x, y, z_start, method.init, method.init_steps, chains.start)
 
     def log_density(z: Tensor) -> Tensor:
         return model.log_density(z, x, y)
 
     # The Pyro backend takes the global state lock itself (see sample_pyro).
     out = _SAMPLERS[method.backend](method, log_density, z0, seed, unit, chains.start, progress)
-    draws, log_joint = _constrained_draws(model, x, y, out.samples)
+    draws, log_joint = constrained_draws(model, x, y, out.samples)
     stats = {**out.stats, "log_joint": log_joint}
     extra = {"initial_position": z0, "inverse_mass": out.inverse_mass,
              "warmup_divergences": out.warmup_divergences}
     return MethodResult(draws=draws, stats=stats, extra=extra)
 
-
-def _concat_chains(parts: list[Any]) -> Any:
-    """Tensors or arrays of several chain groups joined along the chain axis (0)."""
-    if isinstance(parts[0], Tensor):
-        return torch.cat(parts)
-    return np.concatenate(parts)
-
-
-def _combine_chain_groups(results: list[MethodResult]) -> MethodResult:
-    """One result with every group's chains, in group order."""
-    if len(results) == 1:
-        return results[0]
-    first = results[0]
-    return MethodResult(
-        draws={name: _concat_chains([r.draws[name] for r in results]) for name in first.draws},
-        stats={name: _concat_chains([r.stats[name] for r in results]) for name in first.stats},
-        extra={name: _concat_chains([r.extra[name] for r in results]) for name in first.extra})
-
-
-def _constrained_draws(model: BayesianResNet, x: Tensor, y: Tensor,
-                       samples: Tensor) -> tuple[dict[str, Tensor], np.ndarray]:
-    """Site draws (C, S, *site_shape) and their log joint (C, S) from flat draws (C, S, D)."""
-    chains, num = samples.shape[:2]
-    flat = samples.reshape(chains * num, -1)
-    per_draw = 8 * x.shape[0] * (getattr(model.net, "width", 1) * 4 + 2 * model.out_dim)
-    chunk = max(1, _CHUNK_BYTES // max(per_draw, 1))
-    parts: dict[str, list[Tensor]] = {name: [] for name in model.latent_sites}
-    log_joint = []
-    with torch.no_grad():
-        for start in range(0, flat.shape[0], chunk):
-            values, _ = model.constrain(flat[start:start + chunk])
-            log_joint.append(model.log_joint(values, x, y))
-            for name, value in values.items():
-                parts[name].append(value)
-    draws = {name: torch.cat(v).reshape((chains, num, *model.latent_shapes[name]))
-             for name, v in parts.items()}
-    return draws, torch.cat(log_joint).reshape(chains, num).numpy()
 
 
 # ---------------------------------------------------------------------------------- pyro backend
@@ -579,7 +501,7 @@ def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: i
                 bar.set_postfix(steps=int(info.num_steps.max()),
                                 warmup=i < method.warmup, refresh=False)
 
-        logdensity_fn = TieredLogDensity(logdensity_fn, method.compile_after)
+        logdensity_fn = TieredLogDensity(logdensity_fn, method.compile_after, "NUTS")
         samples, stats = adaptation.sample(
             logdensity_fn, z0, method.warmup, method.num_samples, generator,
             target_accept=method.target_accept, max_tree_depth=method.max_tree_depth,
@@ -589,53 +511,6 @@ def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: i
     arrays = {name: stats[name].detach().numpy().astype(dtype)
               for name, dtype in _STAT_DTYPES.items()}
     return SamplerOutput(samples.detach(), arrays, inverse_mass.detach(), warmup_divergences)
-
-
-class TieredLogDensity:
-    """A log density that runs eagerly for its first ``compile_after`` calls, then compiled.
-
-    Parameters
-    ----------
-    fn : callable
-        Batched log density, (C, D) -> (C,).
-    compile_after : int or None
-        Calls before switching to ``torch.compile(fn, dynamic=False)``; 0: compiled from the
-        first call; None: never.
-
-    Attributes
-    ----------
-    calls : int
-        Calls so far.
-    compiled_at : int or None
-        The call that first ran the compiled program, None while eager.
-    """
-
-    def __init__(self, fn: LogDensity, compile_after: int | None) -> None:
-        self.fn = fn
-        self.compile_after = compile_after
-        self.calls = 0
-        self.compiled_at: int | None = None
-        self._compiled: LogDensity | None = None
-        self._failed = False
-
-    def __call__(self, z: Tensor) -> Tensor:
-        self.calls += 1
-        if self._compiled is not None:
-            return self._compiled(z)
-        if self.compile_after is None or self._failed or self.calls <= self.compile_after:
-            return self.fn(z)
-        compiled = torch.compile(self.fn, dynamic=False)
-        try:
-            value = compiled(z)  # compiles here; errors of the compiler surface on this call
-        except Exception as err:
-            value = self.fn(z)  # an error of the log density itself raises again here, as is
-            self._failed = True
-            warnings.warn(f"NUTS: torch.compile of the log density failed "
-                          f"({type(err).__name__}: {err}); continuing without it",
-                          RuntimeWarning, stacklevel=2)
-            return value
-        self._compiled, self.compiled_at = compiled, self.calls
-        return value
 
 
 # Backend name -> runner(method, logdensity_fn, z0 (C, D), seed, unit, first_chain, progress).

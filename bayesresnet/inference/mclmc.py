@@ -1,0 +1,341 @@
+"""Microcanonical Langevin ensembles: MCLMC chains begun at distinct optimized networks.
+
+The recipe of Sommer, Robnik, Nozadze, Seljak & Ruegamer (MILE, ICLR 2025): each chain starts
+at a MAP fit from its own network initialization (the points ``NUTS(init='map')`` starts from,
+for the same seed), tunes its own step size, decoherence length and diagonal preconditioner
+(:mod:`bayesresnet.inference.mclmc_adaptation`), then runs microcanonical Langevin dynamics
+(:mod:`bayesresnet.inference.mclmc_kernel`) for a fixed number of steps, keeping every
+``thinning``-th state. The cost is fixed in advance: ``1 + (tune_steps + num_samples *
+thinning) * g`` gradient evaluations per chain, with g = 2 for the default minimal-norm
+integrator and 1 for leapfrog, all chains of a unit batched into one gradient per evaluation.
+
+MCLMC has no accept/reject step: its draws carry a discretization bias that the step-size
+tuning holds at a small energy-error variance per dimension (``desired_energy_variance``). The
+diagnostics check that variance over the sampling run, besides each chain's mixing.
+
+Per-draw statistics (arrays of shape (chain, draw))
+---------------------------------------------------
+``energy_change``
+    Energy error of the step that produced the draw.
+``diverging``
+    A step since the previous draw ended in a non-finite state and was undone.
+``step_size``, ``decoherence_length``
+    The chain's tuned step size and momentum decoherence length L (constant over the run).
+``log_density``
+    Log density of the draw in z (log joint plus log-Jacobian).
+``log_joint``
+    ``model.log_joint`` of the constrained draw.
+
+Extras: ``initial_position`` (C, D), ``scale`` (C, D) the diagonal preconditioner,
+``energy_variance`` (C,) the mean squared energy error per dimension over all sampling steps,
+``num_gradients`` (C,) gradient evaluations per chain, ``tuning_rejections`` (C,) tuning steps
+undone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model import BayesianResNet
+from . import mclmc_adaptation, mclmc_kernel
+from .base import (
+    InferenceMethod,
+    MethodResult,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    make_progress,
+    seeded_generator,
+)
+from .chains import (
+    INITS,
+    LogDensity,
+    TieredLogDensity,
+    combine_chain_groups,
+    constrained_draws,
+    start_positions,
+    starting_draws,
+)
+from .executor import Plan, WorkUnit, derived_seed, run_plan, span, split_range
+
+__all__ = ["ENERGY_VARIANCE_FACTOR", "MCLMC", "sample"]
+
+ENERGY_VARIANCE_FACTOR = 10.0
+"""How many times ``desired_energy_variance`` the sampling steps' energy error variance per
+dimension may reach before the diagnostics fail the run (see :meth:`MCLMC.add_checks`)."""
+
+# Streams derived from the fit's seed; chain group k > 0 uses (seed, _STREAM_UNIT, k).
+_STREAM_CHAIN, _STREAM_UNIT = 21, 22
+
+
+@dataclass
+class MCLMC(InferenceMethod):
+    """Microcanonical Langevin Monte Carlo from optimized starts (a MILE ensemble of chains).
+
+    Parameters
+    ----------
+    num_samples : int
+        Draws kept per chain.
+    thinning : int
+        Sampling steps per kept draw.
+    tune_steps : int
+        Steps of the three tuning phases per chain, discarded (see
+        :mod:`bayesresnet.inference.mclmc_adaptation`).
+    chains : int
+        Number of chains; they run in lock-step, one batched gradient for all of a unit's
+        chains per evaluation, so on a CPU more chains cost little extra time.
+    init : {'map', 'network', 'prior', 'prior-map'}
+        Where each chain starts, as in :class:`~bayesresnet.inference.nuts.NUTS`; ``'map'``
+        (each chain's own network initialization optimized for ``init_steps`` Adam steps) is
+        the MILE recipe.
+    init_steps : int
+        Adam steps of the MAP initialization.
+    integrator : {'minimal_norm', 'leapfrog'}
+        ``'minimal_norm'``: a two-gradient splitting whose energy error is about ten times
+        smaller than leapfrog's at the same cost per unit of time (Robnik et al. 2023 use it
+        by default). ``'leapfrog'``: one gradient per step.
+    desired_energy_variance : float
+        Target variance per dimension of the energy error of a step; smaller means smaller
+        steps and less bias.
+    diagonal_preconditioning : bool
+        Tune a diagonal preconditioner from the chain's own variances.
+    decoherence_factor : float
+        Sets the decoherence length to this fraction of the mean time between effectively
+        independent draws of a coordinate, measured in the last tuning phase.
+    compile_after : int or None
+        As in :class:`~bayesresnet.inference.nuts.NUTS`: batched gradient evaluations before
+        the log density is compiled with ``torch.compile``; None never compiles.
+    chains_per_unit : int, optional
+        Chains per unit of work (default: all chains in one unit); an executor runs the units
+        on separate workers (see :func:`bayesresnet.fit`).
+
+    Notes
+    -----
+    Seeds: chain starting draws come from the same stream as NUTS's; chain group 0 refreshes
+    its velocities from a stream of the fit's seed, group k > 0 from one derived from
+    (seed, k), so a fit on an executor gives the same draws as a local one.
+    """
+
+    name: ClassVar[str] = "mclmc"
+    kind: ClassVar[str] = "mcmc"
+    thread_safe: ClassVar[bool] = True
+    sampler_stats: ClassVar[frozenset[str] | None] = frozenset({
+        "energy_change", "diverging", "step_size", "decoherence_length", "log_density",
+        "log_joint"})
+
+    num_samples: int = 1000
+    thinning: int = 5
+    tune_steps: int = 2000
+    chains: int = 4
+    init: str = "map"
+    init_steps: int = 1000
+    integrator: str = "minimal_norm"
+    desired_energy_variance: float = 5e-4
+    diagonal_preconditioning: bool = True
+    decoherence_factor: float = 0.4
+    compile_after: int | None = 20_000
+    chains_per_unit: int | None = None
+
+    def check_settings(self) -> None:
+        for name in ("num_samples", "thinning", "chains", "init_steps"):
+            check_positive_int("MCLMC", name, getattr(self, name))
+        if isinstance(self.tune_steps, bool) or not isinstance(
+                self.tune_steps, (int, np.integer)) or self.tune_steps < 10:
+            raise ValueError(f"MCLMC: tune_steps must be an integer of at least 10, "
+                             f"got {self.tune_steps!r}")
+        check_positive_float("MCLMC", "desired_energy_variance", self.desired_energy_variance)
+        check_positive_float("MCLMC", "decoherence_factor", self.decoherence_factor)
+        if self.chains_per_unit is not None:
+            check_positive_int("MCLMC", "chains_per_unit", self.chains_per_unit)
+        after = self.compile_after
+        if after is not None and (isinstance(after, bool)
+                                  or not isinstance(after, (int, np.integer)) or after < 0):
+            raise ValueError(f"MCLMC: compile_after must be a non-negative integer or None, "
+                             f"got {after!r}")
+        if not isinstance(self.diagonal_preconditioning, bool):
+            raise ValueError(f"MCLMC: diagonal_preconditioning must be True or False, "
+                             f"got {self.diagonal_preconditioning!r}")
+        if self.init not in INITS:
+            raise ValueError(f"MCLMC: unknown init {self.init!r}; expected one of {list(INITS)}")
+        if self.integrator not in mclmc_kernel.INTEGRATORS:
+            raise ValueError(f"MCLMC: unknown integrator {self.integrator!r}; expected one of "
+                             f"{list(mclmc_kernel.INTEGRATORS)}")
+
+    def validate(self, model: BayesianResNet) -> None:
+        if model.dim < 2:
+            raise ValueError(f"MCLMC: the model has {model.dim} parameter; the microcanonical "
+                             "dynamics need at least 2")
+
+    def chains_start_apart(self) -> bool:
+        """Whether the chains start at distinct optimized points (``init`` 'map' or
+        'prior-map'), so that they are judged chain by chain."""
+        return self.init in ("map", "prior-map")
+
+    def add_checks(self, posterior: Any, diag: Any) -> None:
+        """"Energy error variance": the worst chain's mean squared energy error per dimension
+        over the sampling steps, against :data:`ENERGY_VARIANCE_FACTOR` times the target.
+
+        The tuning holds the variance within about a factor 3 of ``desired_energy_variance``
+        on the curvature it meets (``tests/test_mclmc.py``); ten times the target means the
+        chain reached regions sharper than any it tuned on, where its unadjusted steps are
+        too long and its draws biased.
+        """
+        variance = np.asarray(posterior.extra.get("energy_variance", []), dtype=np.float64)
+        if variance.size == 0:
+            diag.notes.append("no energy_variance recorded; energy error check skipped")
+            return
+        worst = int(np.argmax(variance))
+        limit = ENERGY_VARIANCE_FACTOR * self.desired_energy_variance
+        diag.details["energy_variance"] = variance
+        diag.add_check(
+            "max energy error variance / dim", float(variance[worst]), "<=", limit,
+            f"chain {worst}'s energy error has variance {variance[worst]:.3g} per dimension over "
+            f"the sampling steps, more than {ENERGY_VARIANCE_FACTOR:g} x the tuned target "
+            f"{self.desired_energy_variance:g}: the chain met sharper curvature than it tuned "
+            "on, so its unadjusted steps are too long and its draws biased; raise tune_steps "
+            "or lower desired_energy_variance")
+
+    def num_gradients(self) -> int:
+        """Gradient evaluations per chain of a run, fixed by the settings."""
+        per_step = mclmc_kernel.gradients_per_step(self.integrator)
+        return 1 + (self.tune_steps + self.num_samples * self.thinning) * per_step
+
+    def run(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
+            progress: bool) -> MethodResult:
+        """Sample the posterior of ``model`` given standardized ``x`` (N, in_dim), ``y``
+        (N, out_dim).
+
+        Returns
+        -------
+        MethodResult
+            ``draws``: site -> (chains, num_samples, *site_shape), constrained; ``stats``: the
+            module docstring's per-draw statistics, each (chains, num_samples); ``extra``: as
+            listed there.
+        """
+        return run_plan(self.plan(model, x, y, seed), progress=progress)
+
+    def chain_groups(self) -> list[range]:
+        """The chains of each unit of work, in unit order."""
+        return split_range(self.chains, self.chains_per_unit or self.chains)
+
+    def plan(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int) -> Plan:
+        """The run as independent chain groups and their merge (see
+        :func:`bayesresnet.inference.executor.run_plan`)."""
+        self.validate(model)
+        seed = check_seed(seed)
+        groups = self.chain_groups()
+        z_start = starting_draws(model, self.init, self.chains, seed)
+        units = tuple(
+            WorkUnit(f"MCLMC chain group {k} of {len(groups)} ({span(chains, 'chain')})",
+                     _sample_chain_group,
+                     (self, model, x, y, int(seed), k, chains, z_start[chains.start:chains.stop]))
+            for k, chains in enumerate(groups))
+        hint = ""
+        if len(groups) == 1 and self.chains > 1:
+            hint = (f"MCLMC: all {self.chains} chains form one unit of work, so an executor runs "
+                    "them on one worker; set MCLMC(chains_per_unit=...) to spread them")
+        return Plan(units, combine_chain_groups, desc=f"MCLMC ({len(groups)} chain groups)",
+                    hint=hint)
+
+
+def _sample_chain_group(method: MCLMC, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
+                        unit: int, chains: range, z_start: Tensor, *,
+                        progress: bool) -> MethodResult:
+    """One unit of work: start, tune, sample and constrain the chains ``chains``."""
+    z0 = start_positions(model, x, y, z_start, method.init, method.init_steps, chains.start,
+                         owner="MCLMC")
+
+    def log_density(z: Tensor) -> Tensor:
+        return model.log_density(z, x, y)
+
+    stream = derived_seed(seed, _STREAM_CHAIN) if unit == 0 else \
+        derived_seed(seed, _STREAM_UNIT, unit)
+    samples, stats, extra = sample(
+        TieredLogDensity(log_density, method.compile_after, "MCLMC"), z0,
+        seeded_generator(stream), method, progress=progress,
+        desc=f"MCLMC {span(chains, 'chain')}")
+    draws, log_joint = constrained_draws(model, x, y, samples)
+    stats["log_joint"] = log_joint
+    return MethodResult(draws=draws, stats=stats, extra={"initial_position": z0, **extra})
+
+
+def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, method: MCLMC,
+           *, progress: bool = False, desc: str = "MCLMC"
+           ) -> tuple[Tensor, dict[str, np.ndarray], dict[str, Any]]:
+    """Tune and run MCLMC on a batched flat log density from starting points ``z0`` (C, D).
+
+    Parameters
+    ----------
+    logdensity_fn : callable
+        ``(C, D) -> (C,)``, differentiable.
+    z0 : Tensor
+        ``(C, D)`` starting points.
+    generator : torch.Generator
+        Source of all the run's randomness.
+    method : MCLMC
+        The settings.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    samples : Tensor
+        ``(C, num_samples, D)`` kept positions.
+    stats : dict name -> ndarray (C, num_samples)
+        The module docstring's per-draw statistics except ``log_joint``.
+    extra : dict
+        ``scale``, ``energy_variance``, ``num_gradients``, ``tuning_rejections``.
+    """
+    chains, dim = z0.shape
+    steps = mclmc_adaptation.schedule(method.tune_steps, method.diagonal_preconditioning)
+    total = steps.total + method.num_samples * method.thinning
+    with make_progress(progress, total, desc) as bar:
+
+        def callback(i: int, info: mclmc_kernel.MCLMCInfo) -> None:
+            bar.update(1)
+
+        state = mclmc_kernel.init(logdensity_fn, z0, generator)
+        tuned = mclmc_adaptation.tune(
+            logdensity_fn, state, generator, steps, integrator=method.integrator,
+            desired_energy_variance=method.desired_energy_variance,
+            diagonal_preconditioning=method.diagonal_preconditioning,
+            decoherence_factor=method.decoherence_factor,
+            callback=callback if progress else None)
+        state, params = tuned.state, tuned.params
+        kept, energy, diverging, log_density = [], [], [], []
+        squared_error = torch.zeros(chains, dtype=z0.dtype)
+        diverged = torch.zeros(chains, dtype=torch.bool)
+        for i in range(method.num_samples * method.thinning):
+            state, info = mclmc_kernel.step(logdensity_fn, state, params, generator,
+                                            method.integrator)
+            squared_error += info.energy_change ** 2
+            diverged |= info.diverging
+            if (i + 1) % method.thinning == 0:
+                kept.append(state.position)
+                energy.append(info.energy_change)
+                diverging.append(diverged)
+                log_density.append(state.log_density)
+                diverged = torch.zeros(chains, dtype=torch.bool)
+            if progress:
+                bar.update(1)
+    per_chain = {"step_size": params.step_size, "decoherence_length": params.decoherence_length}
+    stats = {
+        "energy_change": torch.stack(energy, 1).numpy(),
+        "diverging": torch.stack(diverging, 1).numpy(),
+        "log_density": torch.stack(log_density, 1).numpy(),
+        **{name: value.unsqueeze(1).expand(chains, method.num_samples).numpy().copy()
+           for name, value in per_chain.items()},
+    }
+    steps_run = method.num_samples * method.thinning
+    extra = {
+        "scale": params.scale,
+        "energy_variance": (squared_error / (steps_run * dim)).numpy(),
+        "num_gradients": np.full(chains, method.num_gradients(), dtype=np.int64),
+        "tuning_rejections": tuned.rejected.numpy(),
+    }
+    return torch.stack(kept, 1), stats, extra
