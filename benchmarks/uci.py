@@ -51,6 +51,7 @@ import platform
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ PUBLISHED_NAMES = {
 PUBLISHED_PEER = {"ensemble": "DeepEnsembles", "laplace": "VI-meanfield",
                   "meanfield": "VI-meanfield", "nuts": "HMC"}
 COVERAGE_TARGET = (0.92, 0.98)
+# Samplers whose chains start at distinct modes: their units also score the chains weighted by
+# stacking (``stacked`` in the record).
+STACKED_METHODS = ("mclmc",)
 COVERAGE_METHODS = ("nuts", "lowrank", "ensemble", "swag", "laplace")
 
 # Rows whose runs fail their own diagnostics, as measured when they were added (the JSON lines
@@ -324,6 +328,21 @@ def _method_diagnostics(posterior: Any, method: str, pred: Any) -> dict[str, Any
     return {}
 
 
+def _stacked_scores(posterior: Any, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    """Test scores of the chains weighted by stacking (Yao, Vehtari & Gelman 2022) instead
+    of equally, and the weights."""
+    from bayesresnet import metrics
+
+    with warnings.catch_warnings(record=True) as caught:  # k-hat warnings go into the record
+        warnings.simplefilter("always")
+        weights = posterior.stacking_weights()
+    pred = posterior.predict(x_test, weights=weights)
+    return {"weights": [float(w) for w in weights],
+            "warnings": [str(w.message) for w in caught], "rmse": metrics.rmse(pred, y_test),
+            "nll": metrics.nll(pred, y_test),
+            "coverage_95": metrics.coverage(pred, y_test, 0.95)}
+
+
 def run_unit(config: dict[str, Any], dataset: str, method: str, split: int,
              data_root: str | os.PathLike[str]) -> dict[str, Any]:
     """Fit, predict and score one (data set, method, split).
@@ -366,6 +385,8 @@ def run_unit(config: dict[str, Any], dataset: str, method: str, split: int,
     start = time.perf_counter()
     pred = posterior.predict(x_test)
     predict_seconds = time.perf_counter() - start
+    record_stacked = method in STACKED_METHODS and posterior.num_chains > 1
+    stacked = _stacked_scores(posterior, x_test, y_test) if record_stacked else None
     return {
         "dataset": dataset,
         "method": method,
@@ -388,6 +409,7 @@ def run_unit(config: dict[str, Any], dataset: str, method: str, split: int,
         "seed": seed,
         "settings": inference.config(),
         "diagnostics": _method_diagnostics(posterior, method, pred),
+        **({"stacked": stacked} if stacked is not None else {}),
         "version": brn.__version__,
         "host": platform.node(),
         "threads": torch.get_num_threads(),
