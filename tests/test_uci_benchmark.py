@@ -362,3 +362,32 @@ def test_report_lists_earlier_settings_of_a_method_apart(bench):
     # The current rows and targets use only the current key's units.
     current = next(line for line in lines if line.startswith("| NUTS (ours)"))
     assert "0.300 ± 0.000" in current
+
+
+def test_report_compares_mclmc_with_nuts_and_stacked_with_equal_weights(bench):
+    config = bench.default_config(False, "pyro")
+    records = [
+        # NUTS RMSE 0.40 ± 0 over 2 splits; MCLMC 0.41: within 0? no (margin 0), NLL better.
+        *[_record(bench, config, "yacht", "nuts", i, rmse=0.40, nll=0.5, fit_seconds=100.0,
+                  cpu_seconds=90.0) for i in range(2)],
+        *[{**_record(bench, config, "yacht", "mclmc", i, rmse=0.41, nll=0.3, fit_seconds=10.0,
+                     cpu_seconds=30.0),
+           "stacked": {"weights": [0.9, 0.1], "rmse": 0.39 + 0.01 * i, "nll": 0.3,
+                       "coverage_95": 1.0}} for i in range(2)],
+    ]
+    report = bench.render_report(config, records, [])
+    lines = report.splitlines()
+
+    def met(target: str) -> str:
+        row = next(line for line in lines if line.startswith(f"| yacht | {target}"))
+        return row.rstrip(" |").rsplit("|", 1)[1].strip()
+
+    assert met("MCLMC RMSE ≤ NUTS") == "no"
+    assert met("MCLMC NLL ≤ NUTS") == "yes"
+    assert met("MCLMC mean fit seconds ≤ NUTS / 5") == "yes"  # 10 of 100
+    assert met("MCLMC mean cpu seconds ≤ NUTS / 5") == "no"  # 30 of 90
+    row = next(line for line in lines if line.startswith("| yacht | MCLMC | 2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # RMSE equal 0.410, stacked 0.395, paired difference -0.015 ± 0.005.
+    assert cells[3:6] == ["0.410", "0.395", "-0.015 ± 0.005"]
+    assert cells[-1] == "0.90"
