@@ -3,9 +3,9 @@
 Commands
 --------
 ``bayesresnet demo [--out DIR] [--fast] [--seed 0] [--jobs 2]``
-    Fits NUTS, mean-field VI, low-rank VI and a deep ensemble to the cubic toy (20 points), prints
-    a comparison table with metrics on 1000 fresh test points, and writes ``DIR/index.html`` (the
-    table and the four predictive bands side by side, see
+    Fits NUTS, MCLMC, mean-field VI, low-rank VI and a deep ensemble to the cubic toy (20 points),
+    prints a comparison table with metrics on 1000 fresh test points, and writes
+    ``DIR/index.html`` (the table and the five predictive bands side by side, see
     :func:`bayesresnet.report.compare_report`) plus one full report per method in
     ``DIR/<method>/`` (``index.html`` and ``posterior.nc``), and the table as ``DIR/summary.csv``.
     Timing (2 nearly idle cores, a fresh clone): 84-110 s of wall time with the fits in two
@@ -92,6 +92,7 @@ __all__ = ["DEMO_SETTINGS", "RUN_FILES", "CLIError", "DataTable", "console", "ma
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "nuts": {"num_samples": 150, "warmup": 150, "chains": 4, "max_tree_depth": 6},
+        "mclmc": {"num_samples": 500, "thinning": 20, "tune_steps": 4000, "chains": 4},
         "meanfield": {"steps": 1500, "num_draws": 500},
         "lowrank": {"steps": 1500, "num_draws": 500},
         "ensemble": {"members": 8, "steps": 2000},
@@ -99,6 +100,8 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {
         "nuts": {"num_samples": 40, "warmup": 40, "chains": 2, "max_tree_depth": 5,
                  "init_steps": 100},
+        "mclmc": {"num_samples": 100, "thinning": 2, "tune_steps": 200, "chains": 2,
+                  "init_steps": 100},
         "meanfield": {"steps": 300, "num_draws": 200},
         "lowrank": {"steps": 300, "num_draws": 200},
         "ensemble": {"members": 4, "steps": 300},
@@ -458,6 +461,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = brn.BayesianResNet(net, prior=brn.priors.Normal(1.0),
                                likelihood=brn.likelihoods.Gaussian())
     methods = {"nuts": brn.NUTS(**settings["nuts"]),
+               "mclmc": brn.MCLMC(**settings["mclmc"]),
                "meanfield": brn.MeanField(**settings["meanfield"]),
                "lowrank": brn.LowRank(**settings["lowrank"]),
                "ensemble": brn.Ensemble(**settings["ensemble"])}
@@ -497,7 +501,7 @@ def _fit_quietly(model: Any, x: np.ndarray, y: np.ndarray, method: Any, seed: in
 def _demo_fits(model: Any, x: np.ndarray, y: np.ndarray, methods: dict[str, Any],
                args: argparse.Namespace) -> dict[str, Any]:
     """Fit every method: one after another here (``--jobs 1``), or in ``--jobs`` worker
-    processes, NUTS first because it takes about as long as the other three together. The
+    processes, the samplers first because they take longest. The
     seeds are the same either way, so are the draws."""
     import bayesresnet as brn
 
@@ -535,6 +539,7 @@ _METHOD_FLAGS = {
     "lowrank": {"steps": "steps", "samples": "num_draws"},
     "ensemble": {"steps": "steps", "members": "members"},
     "map": {"steps": "steps"},
+    "mclmc": {"samples": "num_samples", "chains": "chains"},
 }
 
 
@@ -711,8 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="fit four methods to the cubic toy and compare them",
-        description="Fit NUTS, mean-field VI, low-rank VI and a deep ensemble to the cubic "
+        "demo", help="fit five methods to the cubic toy and compare them",
+        description="Fit NUTS, MCLMC, mean-field VI, low-rank VI and a deep ensemble to the cubic "
                     "toy (20 points; ResNet width 10, depth 8, linear basis), print RMSE, NLL "
                     "and 95%% coverage on 1000 fresh test points with each method's fit time "
                     "and convergence check, and write OUT/index.html (comparison), "

@@ -237,6 +237,8 @@ def test_read_table_header_detection(tmp_path):
 def test_demo_end_to_end_with_tiny_settings(monkeypatch, tmp_path, capsys):
     tiny = {"nuts": {"num_samples": 10, "warmup": 10, "chains": 2, "max_tree_depth": 3,
                      "init_steps": 20},
+            "mclmc": {"num_samples": 10, "thinning": 2, "tune_steps": 20, "chains": 2,
+                      "init_steps": 20},
             "meanfield": {"steps": 30, "num_draws": 40},
             "lowrank": {"steps": 30, "num_draws": 40},
             "ensemble": {"members": 2, "steps": 30}}
@@ -245,7 +247,7 @@ def test_demo_end_to_end_with_tiny_settings(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(cli.DEMO_NET, "depth", 2)
     assert cli.main(["demo", "--fast", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
-    for name in ("nuts", "meanfield", "lowrank", "ensemble"):
+    for name in ("nuts", "mclmc", "meanfield", "lowrank", "ensemble"):
         assert (tmp_path / name / "index.html").is_file()
         assert any(line.startswith(name) and ("ok" in line or "FAILED" in line)
                    for line in out.splitlines())
@@ -253,7 +255,7 @@ def test_demo_end_to_end_with_tiny_settings(monkeypatch, tmp_path, capsys):
     assert 'href="nuts/index.html"' in html
     with open(tmp_path / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["name"] for r in rows] == ["nuts", "meanfield", "lowrank", "ensemble"]
+    assert [r["name"] for r in rows] == ["nuts", "mclmc", "meanfield", "lowrank", "ensemble"]
     assert {r["data"] for r in rows} == {"test"}
     # The default runs the fits in two worker processes; one after another in this process
     # gives the same draws, hence the same table (fit times aside).
