@@ -152,7 +152,7 @@ def test_step_size_adaptation_reaches_the_target_energy_variance():
     state = mclmc_kernel.init(log_density, torch.randn(4, 50, generator=generator,
                                                       dtype=torch.float64) * scales, generator)
     tuned = mclmc_adaptation.tune(log_density, state, generator,
-                                  mclmc_adaptation.schedule(2000), desired_energy_variance=5e-4)
+                                  mclmc_adaptation.schedule(4000), desired_energy_variance=5e-4)
     squared = torch.zeros(4, dtype=torch.float64)
     for _ in range(2000):
         state, info = mclmc_kernel.step(log_density, tuned.state, tuned.params, generator)
@@ -162,12 +162,14 @@ def test_step_size_adaptation_reaches_the_target_energy_variance():
     # The adaptation's estimate averages about 150 steps with outlier-discounting weights, so
     # a factor of 3 either way of the target is what it can promise.
     assert torch.all((per_dim > 5e-4 / 3) & (per_dim < 5e-4 * 3)), per_dim
-    # The preconditioner learns the scales (spanning a factor 100; no preconditioner would be
-    # off by up to 10x). Its moments come from 600 steps, in which the widest coordinates
-    # travel only a few of their standard deviations, so their scales come out up to about
-    # 3x small; a factor 4 either way is what 600 steps can promise.
+    # The preconditioner learns the scales: they span a factor 100, so without one the
+    # rescaled target's scales would span 100; with it, what is left must span less than 10.
+    # Its moments come from the second half of phase 2 (600 steps), in which the widest
+    # coordinates travel only a few of their standard deviations, so their scales come out
+    # up to about 4x small; the narrow ones are learned to within sampling error (20%).
     ratio = tuned.params.scale / scales
-    assert torch.all((ratio > 0.25) & (ratio < 4.0)), ratio
+    assert torch.all(ratio.max(-1).values / ratio.min(-1).values < 10), ratio
+    assert torch.all((ratio[:, :25] > 0.8) & (ratio[:, :25] < 1.25)), ratio[:, :25]
 
 
 # ------------------------------------------------------------------------- statistical checks
@@ -195,14 +197,17 @@ def test_badly_scaled_100d_gaussian_moments():
     scales = torch.logspace(-2, 1, 100, dtype=torch.float64)  # variances span 1e6
     generator = torch.Generator().manual_seed(7)
     z0 = torch.randn(4, 100, generator=generator, dtype=torch.float64) * scales
-    method = MCLMC(num_samples=1000, thinning=4, tune_steps=2000, chains=4)
+    # 4000 tuning steps: the preconditioner's moments (second half of phase 2, 600 steps)
+    # must see the widest coordinates move for the chains to mix in them within the run,
+    # which the ESS-based error bars below assume.
+    method = MCLMC(num_samples=1000, thinning=4, tune_steps=4000, chains=4)
     draws, stats_, extra = sample(_gaussian(scales), z0, generator, method)
     truth = scales.numpy() ** 2
     # Energy-error variance 5e-4 per dimension biases a Gaussian's variances by about 1%
     # (Robnik & Seljak 2024); allow 5%.
     _moments_agree(draws.numpy(), np.zeros(100), truth, bias=0.05)
     assert not stats_["diverging"].any()
-    assert extra["num_gradients"].tolist() == [1 + (2000 + 4000) * 2] * 4
+    assert extra["num_gradients"].tolist() == [1 + (4000 + 4000) * 2] * 4
 
 
 def test_banana_moments():
