@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .priors import LatentSite, _half_normal
+from .priors import LatentSite, half_normal
 
 __all__ = ["Gaussian", "likelihood_from_config"]
 
@@ -63,7 +63,7 @@ class Gaussian:
             raise ValueError(f"noise has {len(self.noise)} values for {out_dim} outputs")
         if not self.learns_noise:
             return []
-        return [LatentSite("noise", (out_dim,), _half_normal(self.noise_prior_scale, (out_dim,)))]
+        return [LatentSite("noise", (out_dim,), half_normal(self.noise_prior_scale, (out_dim,)))]
 
     def loc_scale(self, output: Tensor, values: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of the observations.

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .resnet import ResNet
+from .resnet import ACTIVATIONS, ResNet
 
 __all__ = [
     "ACTIVATION_DERIVATIVES",
@@ -76,7 +76,7 @@ def _net_params(net: ResNet, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     missing = [name for name in net.param_shapes if name not in params]
     if missing:
         raise ValueError(f"params is missing sites {missing}")
-    sample_shape = net._sample_shape(params)
+    sample_shape = net.sample_shape(params)
     out = {}
     for name, shape in net.param_shapes.items():
         value = params[name]
@@ -156,7 +156,8 @@ def _field_and_vjp(net: ResNet, h: Tensor, weight: Tensor, bias: Tensor, adj: Te
     """
     z = h @ weight.transpose(-1, -2) + bias.unsqueeze(-2)
     u = activation_derivative(net.activation, z) * adj
-    return (net._act(z), u @ weight, torch.einsum("...ni,...nj->...ij", u, h), u.sum(-2))
+    act = ACTIVATIONS[net.activation]
+    return (act(z), u @ weight, torch.einsum("...ni,...nj->...ij", u, h), u.sum(-2))
 
 
 def adjoint_gradient(net: ResNet, params: Mapping[str, Tensor], x: Tensor, y: Any

@@ -65,6 +65,9 @@ def _half_normal(scale: float, shape: tuple[int, ...]) -> tdist.Distribution:
     return base.expand(shape).to_event(len(shape)) if shape else base
 
 
+half_normal = _half_normal  # public name for other modules (the noise prior in likelihoods)
+
+
 def _check_scale(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a positive number, got {value!r}")

@@ -53,7 +53,8 @@ from .arviz_compat import rhat as compat_rhat
 from .diagnostics import INFO_RULE
 from .posterior import Posterior, Prediction, as_float_tensor, check_inputs
 
-__all__ = ["SECTIONS", "compare_report", "convergence_text", "report", "summary_rows"]
+__all__ = ["SECTIONS", "compare_report", "convergence_text", "report", "shared_results",
+           "summary_rows"]
 
 SECTIONS = {
     "run": "Run",
@@ -127,15 +128,19 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 # A report asks for the same run's predictions at the same inputs in several sections, and a
 # comparison page (and the demo's table before it) asks again for every run; within one
-# ``_shared_results()`` scope each (run, inputs) prediction and each run's diagnostics are
+# ``shared_results()`` scope each (run, inputs) prediction and each run's diagnostics are
 # computed once. The scope ends with the outermost call so no cache outlives a page, and it is
 # per thread so concurrent pages do not see each other's.
 _SCOPE = threading.local()
 
 
 @contextlib.contextmanager
-def _shared_results() -> Iterator[None]:
-    """Reuse predictions and diagnostics of the same runs until the outermost scope ends."""
+def shared_results() -> Iterator[None]:
+    """Reuse predictions and diagnostics of the same runs until the outermost scope ends.
+
+    A context manager (also a decorator): within it, each (run, inputs) prediction and each
+    run's diagnostics are computed once, e.g. for a table of several runs followed by their
+    pages, as ``bayesresnet demo`` does. Per thread; nested scopes share the outermost's."""
     outermost = getattr(_SCOPE, "store", None) is None
     if outermost:
         _SCOPE.store = {}
@@ -582,7 +587,7 @@ def _check_test(posterior: Posterior, x_test: Any, y_test: Any
 
 
 # ------------------------------------------------------------------------------- the report
-@_shared_results()
+@shared_results()
 def report(posterior: Posterior, out_dir: str | os.PathLike, x_test: Any = None,
            y_test: Any = None, *, title: str | None = None) -> Path:
     """Write a self-contained HTML diagnostic report and the run's netCDF file.
@@ -704,7 +709,7 @@ def _check_runs(posteriors: Any) -> dict[str, Posterior]:
     return posteriors
 
 
-@_shared_results()
+@shared_results()
 def summary_rows(posteriors: dict[str, Posterior], x_test: Any = None, y_test: Any = None
                  ) -> list[dict[str, Any]]:
     """One row of metrics and convergence numbers per run, for comparing methods.
@@ -806,7 +811,7 @@ def _bands_figure(posteriors: dict[str, Posterior], x_test: np.ndarray | None,
     return _png(fig)
 
 
-@_shared_results()
+@shared_results()
 def compare_report(posteriors: dict[str, Posterior], out_dir: str | os.PathLike,
                    x_test: Any = None, y_test: Any = None, *, title: str | None = None
                    ) -> Path:

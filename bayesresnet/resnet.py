@@ -124,7 +124,14 @@ class Network:
                 f"x has {x.shape[-1]} features but the network expects in_dim={self.in_dim}"
             )
 
-    def _sample_shape(self, params: Mapping[str, Tensor]) -> torch.Size:
+    def sample_shape(self, params: Mapping[str, Tensor]) -> torch.Size:
+        """The leading sample dims S of a parameter dict (sites of shape ``(*S, *site_shape)``).
+
+        Raises
+        ------
+        ValueError
+            If a site of ``param_shapes`` is missing from ``params``.
+        """
         missing = [name for name in self.param_shapes if name not in params]
         if missing:
             raise ValueError(f"params is missing sites {missing}")
@@ -348,7 +355,7 @@ class ResNet(Network):
     def hidden_states(self, params: Mapping[str, Tensor], x: Tensor) -> list[Tensor]:
         """The trajectory h_0, ..., h_L, each of shape (*S, N, width)."""
         self._check_input(x)
-        self._sample_shape(params)
+        self.sample_shape(params)
         h = self.embed(params, x.to(params["input_weight"].dtype))
         if self.integrator != "euler":
             return self._runge_kutta_states(params, h)
@@ -400,7 +407,7 @@ class ResNet(Network):
         if self.integrator != "euler":
             return self.readout(params, self.hidden_states(params, x)[-1])
         self._check_input(x)
-        self._sample_shape(params)
+        self.sample_shape(params)
         return self._euler_output(params, x.to(params["input_weight"].dtype))
 
     __call__ = forward
@@ -503,7 +510,7 @@ class MLP(Network):
     def forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """Network output, shape (*S, N, out_dim); see :meth:`ResNet.forward`."""
         self._check_input(x)
-        self._sample_shape(params)
+        self.sample_shape(params)
         x = x.to(params["input_weight"].dtype)
         h = self._act(x @ params["input_weight"].transpose(-1, -2)
                       + params["input_bias"].unsqueeze(-2))

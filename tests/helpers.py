@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import torch
 
 from bayesresnet import cli
+from bayesresnet.resnet import Network
 
 
 def assert_identical(a: Any, b: Any, where: str = "") -> None:
@@ -33,3 +35,24 @@ def cli_error(capsys: Any, argv: list[str]) -> str:
     assert len(lines) == 1 and lines[0].startswith("bayesresnet: error: "), captured.err
     assert "Traceback" not in captured.err
     return lines[0]
+
+
+class LinearNet(Network):
+    """f(x) = x W^T + b: a network linear in its parameters (a Bayesian linear regression)."""
+
+    def __init__(self, in_dim: int) -> None:
+        self.in_dim, self.out_dim, self.width, self.depth = in_dim, 1, 1, 1
+        self.activation = "identity"
+
+    @property
+    def param_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
+        return OrderedDict(output_weight=(1, self.in_dim), output_bias=(1,))
+
+    def forward(self, params, x):
+        self._check_input(x)
+        self.sample_shape(params)
+        return (x.to(params["output_weight"].dtype) @ params["output_weight"].transpose(-1, -2)
+                + params["output_bias"].unsqueeze(-2))
+
+    def config(self):
+        return {"name": "LinearNet", "in_dim": self.in_dim}

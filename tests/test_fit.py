@@ -22,6 +22,8 @@ FAST = {
     "lowrank": lambda: brn.LowRank(steps=50, num_draws=20),
     "nuts": lambda: brn.NUTS(num_samples=10, warmup=10, chains=2, init_steps=20,
                              max_tree_depth=4),
+    "mclmc": lambda: brn.MCLMC(num_samples=10, thinning=2, tune_steps=20, chains=2,
+                               init_steps=20),
 }
 
 
@@ -92,11 +94,19 @@ def test_bad_inputs_raise_clear_errors(toy, x, y, match):
 
 def test_predict_validates_and_returns_original_units(toy):
     model, x, y = toy
-    post = brn.fit(model, x, y * 1000.0 + 5e4, method=brn.MAP(steps=300), seed=0,
+    post = brn.fit(model, x, y * 1000.0 + 5e4, method=brn.MAP(steps=1000), seed=0,
                    progress=False)
-    pred = post.predict(x)
-    # Back in original units: the fitted mean tracks the scaled targets.
-    assert abs(pred.mean.mean() - (y * 1000.0 + 5e4).mean()) < 0.2 * (y * 1000).std()
+    # Back in original units, the fit follows the noise-free function at held-out inputs inside
+    # the data's range. A converged MAP (1000 steps) is 0.12 of the function's standard deviation
+    # away in RMSE for fit seeds 0-4 (0.118-0.127): 20 points with noise 3 (the function's
+    # standard deviation here is 17, both before the factor 1000) pin it only so well. A
+    # prediction that ignores x (a constant: ratio 1), that is anticorrelated with the function
+    # (a 1-step MAP: 1.46), that stops early (300 steps: 0.45 for seed 0) or that comes back in
+    # standardized units (ratio 3) fails the bound of twice the converged value.
+    x_new = np.linspace(-3.5, 3.5, 50)[:, None]
+    f_new = x_new[:, 0] ** 3 * 1000.0 + 5e4
+    rmse = np.sqrt(np.mean((post.predict(x_new).mean[:, 0] - f_new) ** 2))
+    assert rmse < 0.25 * f_new.std(), rmse / f_new.std()
     with pytest.raises(ValueError, match="features"):
         post.predict(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):

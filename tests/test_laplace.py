@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
+from helpers import LinearNet
 
 import bayesresnet as brn
 from bayesresnet.inference.laplace import (
@@ -19,31 +19,9 @@ from bayesresnet.inference.laplace import (
     glm_predictive,
     network_jacobian,
 )
-from bayesresnet.resnet import Network
 
 # Few Adam steps: the L-BFGS rounds after them find the mode.
 STEPS = 300
-
-
-class LinearNet(Network):
-    """f(x) = x W^T + b: a network linear in its parameters (a Bayesian linear regression)."""
-
-    def __init__(self, in_dim: int) -> None:
-        self.in_dim, self.out_dim, self.width, self.depth = in_dim, 1, 1, 1
-        self.activation = "identity"
-
-    @property
-    def param_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
-        return OrderedDict(output_weight=(1, self.in_dim), output_bias=(1,))
-
-    def forward(self, params, x):
-        self._check_input(x)
-        self._sample_shape(params)
-        return (x.to(params["output_weight"].dtype) @ params["output_weight"].transpose(-1, -2)
-                + params["output_bias"].unsqueeze(-2))
-
-    def config(self):
-        return {"name": "LinearNet", "in_dim": self.in_dim}
 
 
 @pytest.fixture(scope="module")

@@ -299,6 +299,6 @@ def test_agrees_with_pyro_nuts_on_pyro_model_fast():
     _compare_predictives(chains=1, warmup=50, samples=80, k=5.0)
 
 
-@pytest.mark.slow
+@pytest.mark.statistical
 def test_agrees_with_pyro_nuts_on_pyro_model():
     _compare_predictives(chains=2, warmup=300, samples=700, k=4.0)

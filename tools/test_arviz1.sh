@@ -20,4 +20,4 @@ else
     "$venv/bin/pip" install --quiet -e ".[test]"
 fi
 "$venv/bin/python" -c 'import arviz, sys; print("Python", sys.version.split()[0], "ArviZ", arviz.__version__)'
-"$venv/bin/python" -m pytest -q -m "arviz and not slow" -p no:cacheprovider "$@"
+"$venv/bin/python" -m pytest -q -m "arviz and not slow and not statistical" -p no:cacheprovider "$@"

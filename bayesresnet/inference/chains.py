@@ -50,7 +50,8 @@ def initial_positions(model: BayesianResNet, x: Tensor, y: Tensor, chains: int, 
 
     Each chain's start is its own draw of the network's initialization (``init='network'``) or
     of the prior (``init='prior'``), for ``'map'`` and ``'prior-map'`` respectively improved by
-    ``init_steps`` Adam steps on the log density of z, batched over chains (see :class:`~bayesresnet.inference.nuts.NUTS`).
+    ``init_steps`` Adam steps on the log density of z, batched over chains (see
+    :class:`~bayesresnet.inference.nuts.NUTS`).
 
     Raises
     ------
