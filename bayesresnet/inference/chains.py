@@ -18,11 +18,11 @@ from torch import Tensor
 
 from ..model import BayesianResNet
 from .base import MethodResult, check_seed
-from .executor import derived_seed, global_state_lock
+from .executor import Plan, WorkUnit, derived_seed, global_state_lock, span
 from .optim import map_fit
 
 __all__ = ["INITS", "OPTIMIZED_INITS", "PRIOR_INITS", "STREAM_INIT", "LogDensity",
-           "TieredLogDensity", "combine_chain_groups", "constrained_draws",
+           "TieredLogDensity", "chain_group_plan", "combine_chain_groups", "constrained_draws",
            "initial_positions", "start_positions", "starting_draws"]
 
 LogDensity = Callable[[Tensor], Tensor]
@@ -188,3 +188,37 @@ class TieredLogDensity:
             return value
         self._compiled, self.compiled_at = compiled, self.calls
         return value
+
+
+def chain_group_plan(owner: str, method: Any, model: BayesianResNet, x: Tensor, y: Tensor,
+                     seed: int, groups: list[range], run_group: Callable[..., MethodResult]
+                     ) -> Plan:
+    """A sampler's run as one unit of work per chain group, joined by
+    :func:`combine_chain_groups`.
+
+    Parameters
+    ----------
+    owner : str
+        The sampler's name, for the units' labels and the hint.
+    method : NUTS or MCLMC
+        Its settings; ``method.init`` and ``method.chains`` choose the starting draws, which are
+        drawn for all chains at once so that they do not depend on the grouping.
+    model, x, y, seed
+        What :meth:`~bayesresnet.inference.base.InferenceMethod.run` receives.
+    groups : list of range
+        The chains of each unit.
+    run_group : callable
+        ``run_group(method, model, x, y, seed, unit, chains, z_start, *, progress)``, a
+        module-level function (units are pickled to run elsewhere).
+    """
+    z_start = starting_draws(model, method.init, method.chains, seed)
+    units = tuple(
+        WorkUnit(f"{owner} chain group {k} of {len(groups)} ({span(chains, 'chain')})", run_group,
+                 (method, model, x, y, int(seed), k, chains, z_start[chains.start:chains.stop]))
+        for k, chains in enumerate(groups))
+    hint = ""
+    if len(groups) == 1 and method.chains > 1:
+        hint = (f"{owner}: all {method.chains} chains form one unit of work, so an executor runs "
+                f"them on one worker; set {owner}(chains_per_unit=...) to spread them")
+    return Plan(units, combine_chain_groups, desc=f"{owner} ({len(groups)} chain groups)",
+                hint=hint)

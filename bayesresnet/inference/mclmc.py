@@ -56,12 +56,11 @@ from .chains import (
     INITS,
     LogDensity,
     TieredLogDensity,
-    combine_chain_groups,
+    chain_group_plan,
     constrained_draws,
     start_positions,
-    starting_draws,
 )
-from .executor import Plan, WorkUnit, derived_seed, run_plan, span, split_range
+from .executor import Plan, derived_seed, run_plan, span, split_range
 
 __all__ = ["ENERGY_VARIANCE_FACTOR", "MCLMC", "sample"]
 
@@ -228,19 +227,8 @@ class MCLMC(InferenceMethod):
         :func:`bayesresnet.inference.executor.run_plan`)."""
         self.validate(model)
         seed = check_seed(seed)
-        groups = self.chain_groups()
-        z_start = starting_draws(model, self.init, self.chains, seed)
-        units = tuple(
-            WorkUnit(f"MCLMC chain group {k} of {len(groups)} ({span(chains, 'chain')})",
-                     _sample_chain_group,
-                     (self, model, x, y, int(seed), k, chains, z_start[chains.start:chains.stop]))
-            for k, chains in enumerate(groups))
-        hint = ""
-        if len(groups) == 1 and self.chains > 1:
-            hint = (f"MCLMC: all {self.chains} chains form one unit of work, so an executor runs "
-                    "them on one worker; set MCLMC(chains_per_unit=...) to spread them")
-        return Plan(units, combine_chain_groups, desc=f"MCLMC ({len(groups)} chain groups)",
-                    hint=hint)
+        return chain_group_plan("MCLMC", self, model, x, y, seed, self.chain_groups(),
+                                _sample_chain_group)
 
 
 def _sample_chain_group(method: MCLMC, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,

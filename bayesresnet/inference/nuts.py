@@ -80,15 +80,13 @@ from .chains import (
     STREAM_INIT,
     LogDensity,
     TieredLogDensity,
-    combine_chain_groups,
+    chain_group_plan,
     constrained_draws,
     initial_positions,
     start_positions,
-    starting_draws,
 )
 from .executor import (
     Plan,
-    WorkUnit,
     derived_seed,
     private_pyro_state,
     run_plan,
@@ -287,19 +285,8 @@ class NUTS(InferenceMethod):
         """
         self.validate(model)
         seed = check_seed(seed)
-        groups = self.chain_groups()
-        z_start = starting_draws(model, self.init, self.chains, seed)
-        units = tuple(
-            WorkUnit(f"NUTS chain group {k} of {len(groups)} ({span(chains, 'chain')})",
-                     _sample_chain_group,
-                     (self, model, x, y, int(seed), k, chains, z_start[chains.start:chains.stop]))
-            for k, chains in enumerate(groups))
-        hint = ""
-        if len(groups) == 1 and self.chains > 1:
-            hint = (f"NUTS: all {self.chains} chains form one unit of work, so an executor runs "
-                    "them on one worker; set NUTS(chains_per_unit=...) to spread them")
-        return Plan(units, combine_chain_groups, desc=f"NUTS ({len(groups)} chain groups)",
-                    hint=hint)
+        return chain_group_plan("NUTS", self, model, x, y, seed, self.chain_groups(),
+                                _sample_chain_group)
 
 
 # ---------------------------------------------------------------------------------- a unit
