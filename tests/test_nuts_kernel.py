@@ -492,6 +492,24 @@ def test_find_reasonable_step_size_and_warmup_callback():
     assert info["accept_prob"].shape == (3, 40)
 
 
+def test_pooled_step_size_is_the_chains_geometric_mean():
+    # Chains with badly scaled targets: each keeps its own mass matrix, the pooled run gives
+    # every chain the geometric mean of the step sizes the per-chain run adapts.
+    scales = torch.tensor([[0.01], [1.0], [100.0]], dtype=DT)
+
+    def logp(x):
+        return -0.5 * ((x / scales) ** 2).sum(-1)
+
+    state = nk.init(torch.randn(3, 2, dtype=DT, generator=_gen(31)) * scales, logp)
+    _, own, own_mass, _ = run_warmup(state, logp, 150, _gen(32))
+    _, pooled, pooled_mass, _ = run_warmup(state, logp, 150, _gen(32), pool_step_size=True)
+    assert torch.equal(own_mass, pooled_mass)
+    assert torch.allclose(pooled, own.log().mean().exp().expand(3), rtol=1e-12)
+    draws, stats = sample(logp, state.position, 150, 300, _gen(33), pool_step_size=True)
+    assert (stats["step_size"] == stats["step_size"][0, 0]).all()
+    _check_mean_var((draws / scales.unsqueeze(1)).numpy(), np.zeros(2), np.ones(2))
+
+
 def test_dual_averaging_reaches_target():
     def logp(x):
         return -0.5 * (x**2).sum(-1)

@@ -5,7 +5,11 @@ advancing together through :func:`bayesresnet.inference.nuts_kernel.step`:
 
 * step size: dual averaging (Hoffman & Gelman 2014, Alg. 5) towards ``target_accept``
   with ``gamma=0.05``, ``t0=10``, ``kappa=0.75``, ``mu=log(10 * eps0)``; restarted
-  after every mass-matrix update; the final step size is the averaged iterate;
+  after every mass-matrix update; the final step size is the averaged iterate, each chain's
+  own or, with ``pool_step_size`` (what :class:`~bayesresnet.NUTS` uses), their geometric
+  mean for every chain: each chain's own average is noisy where trajectories are long, and in
+  lock-step every iteration waits for the chain with the smallest step (measured in
+  docs/methods.rst, "NUTS on the demo network"); each chain keeps its own mass matrix;
 * mass matrix: Welford estimates of the (co)variance of the draws in each slow window
   of :func:`warmup_schedule`, regularized toward the identity as in Stan:
   ``n / (n + 5) * var + 1e-3 * 5 / (n + 5)``.
@@ -353,6 +357,7 @@ def run_warmup(
     callback: Callable[[int, NUTSInfo], None] | None = None,
     initial_step_size: Tensor | float | None = None,
     max_delta_energy: float = 1000.0,
+    pool_step_size: bool = False,
 ) -> tuple[NUTSState, Tensor, Tensor, dict[str, Tensor]]:
     """Warmup with per-chain step-size and windowed mass-matrix adaptation.
 
@@ -378,6 +383,9 @@ def run_warmup(
         Skip the initial step-size heuristic and start dual averaging from this value.
     max_delta_energy : float, default 1000.0
         Divergence threshold.
+    pool_step_size : bool, default False
+        Give every chain the geometric mean of the chains' adapted step sizes (see the module
+        docstring) instead of its own (Stan's per-chain adaptation).
 
     Returns
     -------
@@ -428,6 +436,8 @@ def run_warmup(
             callback(i, info)
     if num_warmup > 0:
         step_size = adapt.log_step_size_avg.exp() if adapt.da_count else adapt.step_size
+        if pool_step_size:
+            step_size = step_size.log().mean().exp().expand_as(step_size).clone()
         warmup_info = _stack_stats(rows, eps_used, logps)
     else:
         step_size = adapt.step_size
@@ -446,6 +456,7 @@ def sample(
     dense_mass: bool = False,
     callback: Callable[[int, NUTSInfo], None] | None = None,
     max_delta_energy: float = 1000.0,
+    pool_step_size: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run warmup and then draw ``num_samples`` samples from ``C`` chains in lock-step.
 
@@ -472,6 +483,8 @@ def sample(
         ``0 .. num_warmup + num_samples - 1`` (warmup first).
     max_delta_energy : float, default 1000.0
         Divergence threshold.
+    pool_step_size : bool, default False
+        One adapted step size for all chains (see :func:`run_warmup`).
 
     Returns
     -------
@@ -493,7 +506,7 @@ def sample(
     state, step_size, inverse_mass, warmup_info = run_warmup(
         state, logdensity_fn, num_warmup, generator, target_accept=target_accept,
         max_tree_depth=max_tree_depth, dense_mass=dense_mass, callback=callback,
-        max_delta_energy=max_delta_energy,
+        max_delta_energy=max_delta_energy, pool_step_size=pool_step_size,
     )
     n_chains, dim = state.position.shape
     samples = torch.empty((n_chains, num_samples, dim), dtype=state.position.dtype,

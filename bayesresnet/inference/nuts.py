@@ -17,7 +17,10 @@ Backends
     Our No-U-Turn sampler (``bayesresnet.inference.nuts_kernel``,
     ``bayesresnet.inference.adaptation``) with all C chains advancing in lock-step: every
     leapfrog step is one batched gradient of the log density over a (C, D) tensor, chains whose
-    trees have finished are masked, and each chain adapts its own step size and mass matrix.
+    trees have finished are masked, and each chain adapts its own mass matrix; the chains of a
+    unit then sample with one step size, the geometric mean of their adapted ones (in
+    lock-step every iteration waits for the chain with the smallest step; see
+    ``adaptation.run_warmup``'s ``pool_step_size``).
 ``"pyro"``
     Pyro's ``NUTS`` kernel driven by ``MCMC``, one chain after another, on the potential
     ``-model.log_density(z, x, y)`` (no re-trace of the Pyro model), with Pyro's windowed
@@ -492,7 +495,8 @@ def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: i
         samples, stats = adaptation.sample(
             logdensity_fn, z0, method.warmup, method.num_samples, generator,
             target_accept=method.target_accept, max_tree_depth=method.max_tree_depth,
-            dense_mass=method.dense_mass, callback=callback if progress else None)
+            dense_mass=method.dense_mass, callback=callback if progress else None,
+            pool_step_size=True)  # one step for the lock-step chains: docs/methods.rst
     inverse_mass = stats.pop("inverse_mass")
     warmup_divergences = stats.pop("warmup_diverging").sum(-1).numpy().astype(np.int64)
     arrays = {name: stats[name].detach().numpy().astype(dtype)
