@@ -17,13 +17,14 @@ import torch
 from torch import Tensor
 
 from ..model import BayesianResNet
-from .base import MethodResult, check_seed
+from .base import MethodResult, check_positive_int, check_seed
 from .executor import Plan, WorkUnit, derived_seed, global_state_lock, span
 from .optim import map_fit
 
 __all__ = ["INITS", "OPTIMIZED_INITS", "PRIOR_INITS", "STREAM_INIT", "LogDensity",
-           "TieredLogDensity", "chain_group_plan", "combine_chain_groups", "constrained_draws",
-           "initial_positions", "start_positions", "starting_draws"]
+           "TieredLogDensity", "chain_group_plan", "check_chain_settings",
+           "combine_chain_groups", "constrained_draws", "initial_positions", "start_positions",
+           "starting_draws"]
 
 LogDensity = Callable[[Tensor], Tensor]
 
@@ -222,3 +223,17 @@ def chain_group_plan(owner: str, method: Any, model: BayesianResNet, x: Tensor, 
                 f"them on one worker; set {owner}(chains_per_unit=...) to spread them")
     return Plan(units, combine_chain_groups, desc=f"{owner} ({len(groups)} chain groups)",
                 hint=hint)
+
+
+def check_chain_settings(owner: str, chains_per_unit: Any, compile_after: Any, init: Any) -> None:
+    """Raise ValueError for the settings every sampler of this module shares: ``init`` one of
+    :data:`INITS`, ``chains_per_unit`` None or a positive integer, ``compile_after`` None or a
+    non-negative integer."""
+    if chains_per_unit is not None:
+        check_positive_int(owner, "chains_per_unit", chains_per_unit)
+    if compile_after is not None and (isinstance(compile_after, bool) or not isinstance(
+            compile_after, (int, np.integer)) or compile_after < 0):
+        raise ValueError(f"{owner}: compile_after must be a non-negative integer or None, "
+                         f"got {compile_after!r}")
+    if init not in INITS:
+        raise ValueError(f"{owner}: unknown init {init!r}; expected one of {list(INITS)}")

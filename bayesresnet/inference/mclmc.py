@@ -53,10 +53,10 @@ from .base import (
     seeded_generator,
 )
 from .chains import (
-    INITS,
     LogDensity,
     TieredLogDensity,
     chain_group_plan,
+    check_chain_settings,
     constrained_draws,
     start_positions,
 )
@@ -149,18 +149,10 @@ class MCLMC(InferenceMethod):
                              f"got {self.tune_steps!r}")
         check_positive_float("MCLMC", "desired_energy_variance", self.desired_energy_variance)
         check_positive_float("MCLMC", "decoherence_factor", self.decoherence_factor)
-        if self.chains_per_unit is not None:
-            check_positive_int("MCLMC", "chains_per_unit", self.chains_per_unit)
-        after = self.compile_after
-        if after is not None and (isinstance(after, bool)
-                                  or not isinstance(after, (int, np.integer)) or after < 0):
-            raise ValueError(f"MCLMC: compile_after must be a non-negative integer or None, "
-                             f"got {after!r}")
+        check_chain_settings("MCLMC", self.chains_per_unit, self.compile_after, self.init)
         if not isinstance(self.diagonal_preconditioning, bool):
             raise ValueError(f"MCLMC: diagonal_preconditioning must be True or False, "
                              f"got {self.diagonal_preconditioning!r}")
-        if self.init not in INITS:
-            raise ValueError(f"MCLMC: unknown init {self.init!r}; expected one of {list(INITS)}")
         if self.integrator not in mclmc_kernel.INTEGRATORS:
             raise ValueError(f"MCLMC: unknown integrator {self.integrator!r}; expected one of "
                              f"{list(mclmc_kernel.INTEGRATORS)}")

@@ -84,6 +84,7 @@ from .chains import (
     LogDensity,
     TieredLogDensity,
     chain_group_plan,
+    check_chain_settings,
     constrained_draws,
     initial_positions,
     start_positions,
@@ -218,13 +219,7 @@ class NUTS(InferenceMethod):
         check_positive_int("NUTS", "chains", self.chains)
         check_positive_int("NUTS", "max_tree_depth", self.max_tree_depth)
         check_positive_int("NUTS", "init_steps", self.init_steps)
-        if self.chains_per_unit is not None:
-            check_positive_int("NUTS", "chains_per_unit", self.chains_per_unit)
-        after = self.compile_after
-        if after is not None and (isinstance(after, bool)
-                                  or not isinstance(after, (int, np.integer)) or after < 0):
-            raise ValueError(f"NUTS: compile_after must be a non-negative integer or None, "
-                             f"got {after!r}")
+        check_chain_settings("NUTS", self.chains_per_unit, self.compile_after, self.init)
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
                 or self.warmup < 0:
             raise ValueError(f"NUTS: warmup must be a non-negative integer, got {self.warmup!r}")
@@ -235,8 +230,6 @@ class NUTS(InferenceMethod):
                              f"got {target!r}")
         if not isinstance(self.dense_mass, bool):
             raise ValueError(f"NUTS: dense_mass must be True or False, got {self.dense_mass!r}")
-        if self.init not in INITS:
-            raise ValueError(f"NUTS: unknown init {self.init!r}; expected one of {list(INITS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"NUTS: unknown backend {self.backend!r}; "
                              f"expected one of {list(BACKENDS)}")
