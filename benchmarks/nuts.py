@@ -30,16 +30,29 @@ Run from the repository root::
 The defaults take about 20 minutes on two busy cores; every contender's trees hit the depth
 cap there and the ESS are small, so the table measures throughput more than mixing. Larger
 budgets (``--warmup 500 --samples 500 --max-tree-depth 8``) give ESS/s that mean more.
+
+``--compare-with TREE`` instead times our vectorized sampler in this checkout against the one
+in another checkout ``TREE`` (say ``git worktree add /tmp/old HEAD``): ``adaptation.sample``
+on the cubic problem (``--chains``, ``--warmup``, ``--samples``, ``--max-tree-depth``), each
+run in a fresh single-threaded process, the two alternating for ``--rounds`` rounds. It prints
+each side's seconds per iteration and per lock-step leapfrog step, and the ratio this / TREE
+of every round (its median and range), and checks that both sides drew the same samples (so
+they did the same work)::
+
+    python benchmarks/nuts.py --compare-with /tmp/old --chains 32 --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
 import platform
 import re
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -188,7 +201,7 @@ def run_pyro_user(problem: Problem, budget: tuple[int, int, int], max_tree_depth
 def run_ours(problem: Problem, backend: str, budget: tuple[int, int, int], max_tree_depth: int,
              seed: int) -> dict[str, Any]:
     chains, warmup, samples = budget
-    method = brn.NUTS(num_samples=samples, warmup=warmup, chains=chains,
+    method = brn.NUTS(num_samples=samples, num_warmup=warmup, chains=chains,
                       max_tree_depth=max_tree_depth, backend=backend)
     start = time.perf_counter()
     post = brn.fit(problem.model, problem.x_raw, problem.y_raw, method=method, seed=seed,
@@ -349,6 +362,76 @@ def pin_cores(cpus: int | None) -> str:
     return f"process pinned to core(s) {', '.join(map(str, allowed[:cpus]))}"
 
 
+# ------------------------------------------------------------------------ A/B of the kernel
+def kernel_timing(chains: int, warmup: int, samples: int, max_tree_depth: int,
+                  seed: int) -> dict[str, float]:
+    """Wall and CPU seconds of ``adaptation.sample`` on the cubic problem in this process
+    (whichever ``bayesresnet`` it imports), its number of batched gradient calls and a checksum
+    of the draws."""
+    from bayesresnet.inference import adaptation
+
+    torch.set_num_threads(1)
+    problem = make_problems(Path("."), ["cubic"])[0]
+    calls = [0]
+
+    def log_density(z: Tensor) -> Tensor:
+        calls[0] += 1
+        return problem.model.log_density(z, problem.x, problem.y)
+
+    z0 = 0.1 * torch.randn(chains, problem.model.dim, dtype=F64,
+                           generator=torch.Generator().manual_seed(seed))
+    # First gradient outside the timing: it fills caches (and a gradient through
+    # torch.autograd.grad with grad_outputs imports sympy, 0.25 s of CPU once per process).
+    adaptation.init(z0, log_density)
+    calls[0] = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    draws, _ = adaptation.sample(log_density, z0, warmup, samples,
+                                 torch.Generator().manual_seed(seed + 1),
+                                 max_tree_depth=max_tree_depth, pool_step_size=True)
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu_start,
+            "calls": calls[0], "checksum": float(draws.sum())}
+
+
+def compare_kernels(other: Path, args: argparse.Namespace) -> None:
+    """Alternate timing runs of this checkout and ``other`` (fresh processes) and print the
+    per-round ratios."""
+    def run(tree: Path) -> dict[str, float]:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--timing-worker",
+             f"{args.chains},{args.warmup},{args.samples},{args.max_tree_depth},{args.seed}"],
+            env=env, cwd=str(tree), capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    this = REPO
+    rows: dict[str, list[dict[str, float]]] = {"this": [], "other": []}
+    for r in range(args.rounds):
+        order = [("this", this), ("other", other)] if r % 2 == 0 else \
+            [("other", other), ("this", this)]
+        for key, tree in order:
+            rows[key].append(run(tree))
+        print(f"round {r}: this {rows['this'][-1]['seconds']:.2f} s "
+              f"({rows['this'][-1]['cpu']:.2f} s CPU), other {rows['other'][-1]['seconds']:.2f} s "
+              f"({rows['other'][-1]['cpu']:.2f} s CPU)", flush=True)
+    same = all(a["checksum"] == b["checksum"] and a["calls"] == b["calls"]
+               for a, b in zip(rows["this"], rows["other"], strict=True))
+    iters = args.warmup + args.samples
+    for clock in ("seconds", "cpu"):
+        label = "wall" if clock == "seconds" else "CPU"
+        for key in ("this", "other"):
+            secs = sorted(row[clock] for row in rows[key])
+            med = secs[len(secs) // 2]
+            print(f"{label:4s} {key:5s} ({this if key == 'this' else other}): median {med:.2f} s,"
+                  f" {1e3 * med / iters:.1f} ms per iteration, "
+                  f"{1e3 * med / rows[key][0]['calls']:.3f} ms per lock-step leapfrog step")
+        ratios = sorted(a[clock] / b[clock]
+                        for a, b in zip(rows["this"], rows["other"], strict=True))
+        print(f"{label} ratio this / other over {args.rounds} rounds: median "
+              f"{ratios[len(ratios) // 2]:.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}")
+    print(f"same draws and gradient calls: {same}; 1-minute load average now "
+          f"{os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -380,7 +463,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown file (default benchmarks/results/nuts.md, "
                              "nuts_quick.md with --quick)")
+    parser.add_argument("--compare-with", type=Path, default=None, metavar="TREE",
+                        help="time our vectorized sampler here against the checkout TREE "
+                             "(see the module docstring) instead of the contenders")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare-with")
+    parser.add_argument("--timing-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.timing_worker:
+        chains, warmup, samples, depth, seed = map(int, args.timing_worker.split(","))
+        print(json.dumps(kernel_timing(chains, warmup, samples, depth, seed)))
+        return
+    if args.compare_with is not None:
+        compare_kernels(args.compare_with.resolve(), args)
+        return
     if args.quick:
         args.chains, args.warmup, args.samples = 2, 20, 20
         args.pyro_budget, args.pyro_backend_budget = (1, 5, 5), (1, 10, 10)

@@ -12,6 +12,7 @@ import scipy.stats
 import torch
 
 from bayesresnet.inference import nuts_kernel as nk
+from bayesresnet.inference import proposal
 from bayesresnet.inference.adaptation import (
     find_reasonable_step_size,
     run_warmup,
@@ -200,7 +201,8 @@ def test_chunked_multinomial_selection_is_proportional_to_weights():
     lws = [logw[i].expand(n).clone() for i in range(k)]
     sub = None
     for a, b in [(0, 4), (4, 5), (5, 9)]:
-        sub = nk._sample_chunk(qs[a:b], gs[a:b], lps[a:b], lws[a:b], sub, gen, torch.arange(n))
+        sub = proposal.fold_chunk(sub, qs[a:b], gs[a:b], lps[a:b], lws[a:b], gen,
+                                  torch.arange(n))
     qg, ll, log_sum_w = sub
     idx = qg[0, :, 0].long()
     assert torch.equal(qg[1], -qg[0]) and torch.equal(ll[0], 10.0 * qg[0, :, 0])
@@ -464,8 +466,13 @@ def test_float32_dtype_follows_input():
 
 
 def test_warmup_schedule_matches_stan():
-    assert warmup_schedule(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 975)]
-    assert warmup_schedule(150) == [(75, 100), (100, 125)]
+    # Stan's defaults (init buffer 75, first window 25, terminal buffer 50)
+    assert warmup_schedule(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert warmup_schedule(150) == [(75, 100)]
+    # the terminal buffer of 25 used until 2026-12-06
+    assert warmup_schedule(1000, term_buffer=25) == [(75, 100), (100, 150), (150, 250),
+                                                     (250, 450), (450, 975)]
+    assert warmup_schedule(150, term_buffer=25) == [(75, 100), (100, 125)]
     assert warmup_schedule(100) == [(15, 90)]
     assert warmup_schedule(10) == []
     for n in (20, 37, 124, 125, 200, 333, 2000):
