@@ -6,7 +6,7 @@ from .allocator import tune_allocator
 from .basis import Constant, Cubic, Legendre, Linear, Monomial, Piecewise
 from .convert import compare
 from .diagnostics import ConvergenceWarning, Diagnostics
-from .fileformat import PosteriorFileError, load
+from .fileformat import PosteriorFileError
 from .inference import (
     MAP,
     MCLMC,
@@ -21,7 +21,7 @@ from .inference import (
 )
 from .model import BayesianResNet
 from .ode import stiffness
-from .posterior import Posterior, Prediction
+from .posterior import Posterior, Prediction, load
 from .pyro_interop import PyroGuide, PyroMCMC, from_pyro
 from .report import report
 from .resnet import MLP, ResNet

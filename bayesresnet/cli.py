@@ -91,16 +91,16 @@ __all__ = ["DEMO_SETTINGS", "RUN_FILES", "CLIError", "DataTable", "console", "ma
 
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
-        "nuts": {"num_samples": 150, "warmup": 150, "chains": 4, "max_tree_depth": 6},
-        "mclmc": {"num_samples": 500, "thinning": 20, "tune_steps": 4000, "chains": 4},
+        "nuts": {"num_samples": 150, "num_warmup": 150, "chains": 4, "max_tree_depth": 6},
+        "mclmc": {"num_samples": 500, "thinning": 20, "num_warmup": 4000, "chains": 4},
         "meanfield": {"steps": 1500, "num_draws": 500},
         "lowrank": {"steps": 1500, "num_draws": 500},
         "ensemble": {"members": 8, "steps": 2000},
     },
     "fast": {
-        "nuts": {"num_samples": 40, "warmup": 40, "chains": 2, "max_tree_depth": 5,
+        "nuts": {"num_samples": 40, "num_warmup": 40, "chains": 2, "max_tree_depth": 5,
                  "init_steps": 100},
-        "mclmc": {"num_samples": 100, "thinning": 2, "tune_steps": 200, "chains": 2,
+        "mclmc": {"num_samples": 100, "thinning": 2, "num_warmup": 200, "chains": 2,
                   "init_steps": 100},
         "meanfield": {"steps": 300, "num_draws": 200},
         "lowrank": {"steps": 300, "num_draws": 200},
@@ -111,8 +111,8 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 
 The full settings aim at the demo's budget of about two minutes on two idle cores; NUTS takes
 most of it. Its trees nearly always reach the depth cap on this posterior, so its cost is about
-(warmup + num_samples) x 2**max_tree_depth batched gradients, and the short run is not enough for
-the diagnostics to pass: the demo reports that, which is the honest outcome of the budget.
+(num_warmup + num_samples) x 2**max_tree_depth batched gradients, and the short run is not
+enough for the diagnostics to pass: the demo reports that, the honest outcome of the budget.
 Measured (docs/methods.rst, "NUTS on the demo network"): the data pin the network's function
 down so tightly that a stable leapfrog step is 0.003-0.013 while the weights spread over the
 prior's scale (marginal sd about 1), so a trajectory needs 1000-2000 steps to turn; a run that
@@ -541,27 +541,48 @@ def _demo_fits(model: Any, x: np.ndarray, y: np.ndarray, methods: dict[str, Any]
 
 
 _METHOD_FLAGS = {
-    "nuts": {"samples": "num_samples", "warmup": "warmup", "chains": "chains"},
-    "meanfield": {"steps": "steps", "samples": "num_draws"},
-    "lowrank": {"steps": "steps", "samples": "num_draws"},
+    "nuts": {"num_samples": "num_samples", "num_warmup": "num_warmup", "chains": "chains"},
+    "meanfield": {"steps": "steps", "num_draws": "num_draws"},
+    "lowrank": {"steps": "steps", "num_draws": "num_draws"},
     "ensemble": {"steps": "steps", "members": "members"},
     "map": {"steps": "steps"},
-    "mclmc": {"samples": "num_samples", "chains": "chains"},
+    "mclmc": {"num_samples": "num_samples", "num_warmup": "num_warmup", "chains": "chains"},
 }
+
+# Deprecated flags of 'fit': old flag -> the new flags it stood for (the first one the method
+# takes is meant).
+_OLD_FIT_FLAGS = {"samples": ("num_samples", "num_draws"), "warmup": ("num_warmup",)}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _renamed_flag(args: argparse.Namespace, old: str, new: str) -> None:
+    """Move a deprecated flag's value to its new flag, with a note on stderr."""
+    value = getattr(args, old)
+    if value is None:
+        return
+    if getattr(args, new) is not None:
+        raise CLIError(f"{_flag(old)} is the old name of {_flag(new)}; give only {_flag(new)}")
+    print(f"bayesresnet: {_flag(old)} is deprecated; use {_flag(new)}", file=sys.stderr)
+    setattr(args, new, value)
 
 
 def _method(args: argparse.Namespace) -> Any:
     from bayesresnet.inference.fit import METHODS
 
     allowed = _METHOD_FLAGS[args.method]
+    for old, news in _OLD_FIT_FLAGS.items():
+        _renamed_flag(args, old, next((new for new in news if new in allowed), news[0]))
     settings = {}
-    for flag in ("samples", "warmup", "chains", "steps", "members"):
+    for flag in ("num_samples", "num_draws", "num_warmup", "chains", "steps", "members"):
         value = getattr(args, flag)
         if value is None:
             continue
         if flag not in allowed:
-            raise CLIError(f"--{flag} does not apply to method {args.method!r} (its flags: "
-                           f"{', '.join('--' + f for f in allowed)})")
+            raise CLIError(f"{_flag(flag)} does not apply to method {args.method!r} (its "
+                           f"flags: {', '.join(_flag(f) for f in allowed)})")
         settings[allowed[flag]] = value
     return METHODS[args.method](**settings)
 
@@ -637,7 +658,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     post = _load(args.run)
     table = read_table(args.data)
     x, _ = _inputs_for(post, table, with_targets=False)
-    pred = post.predict(x, num_draws=args.draws)
+    _renamed_flag(args, "draws", "num_draws")
+    pred = post.predict(x, num_draws=args.num_draws)
     lower, upper = pred.interval(0.95)
     out_dim = post.model.out_dim
     columns = _run_columns(post)
@@ -767,10 +789,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help="output folder")
     fit.add_argument("--test", metavar="DATA",
                      help="held-out data with the same columns: test metrics in the report")
-    fit.add_argument("--samples", type=_positive,
-                     help="draws kept (NUTS: per chain; VI: from the fitted guide)")
-    fit.add_argument("--warmup", type=_non_negative, help="NUTS warmup iterations per chain")
-    fit.add_argument("--chains", type=_positive, help="NUTS chains")
+    fit.add_argument("--num-samples", type=_positive,
+                     help="draws kept per chain (NUTS, MCLMC)")
+    fit.add_argument("--num-draws", type=_positive,
+                     help="draws from the fitted approximation (meanfield, lowrank)")
+    fit.add_argument("--num-warmup", type=_non_negative,
+                     help="warmup (tuning) iterations per chain, discarded (NUTS, MCLMC)")
+    fit.add_argument("--samples", type=_positive, help=argparse.SUPPRESS)  # deprecated
+    fit.add_argument("--warmup", type=_non_negative, help=argparse.SUPPRESS)  # deprecated
+    fit.add_argument("--chains", type=_positive, help="chains (NUTS, MCLMC)")
     fit.add_argument("--steps", type=_positive, help="optimization steps (VI, ensemble, MAP)")
     fit.add_argument("--members", type=_positive, help="ensemble members")
     fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
@@ -789,8 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("data", metavar="DATA", help="data file with the input columns")
     predict.add_argument("--out", default="predictions.csv",
                          help="output CSV file (default: %(default)s)")
-    predict.add_argument("--draws", type=_positive,
+    predict.add_argument("--num-draws", type=_positive,
                          help="use a random subset of this many posterior draws")
+    predict.add_argument("--draws", type=_positive, help=argparse.SUPPRESS)  # deprecated
     predict.set_defaults(handler=_cmd_predict)
 
     rep = commands.add_parser(

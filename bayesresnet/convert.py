@@ -61,11 +61,13 @@ from ._version import __version__
 from .arviz_compat import compare as arviz_compare
 from .arviz_compat import to_inference_data
 from .model import BayesianResNet
-from .posterior import Posterior, check_inputs, check_targets
+from .validation import check_inputs, check_posterior, check_targets
 
 if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
+
+    from .posterior import Posterior
 
 __all__ = [
     "compare",
@@ -124,6 +126,10 @@ def _net_site_dims(net: Any, out_dim: int) -> tuple[dict[str, tuple[str, ...]], 
         coords["basis"] = list(net.basis.names(net.depth))
         dims["W_coef"] = ("basis", "hidden_out", "hidden_in")
         dims["b_coef"] = ("basis", "hidden")
+        if getattr(net, "rank", None) is not None:  # low rank: W(t) = U(t) V(t)^T
+            coords["rank"] = np.arange(net.rank)
+            dims["U_coef"] = ("basis", "hidden_out", "rank")
+            dims["V_coef"] = ("basis", "hidden_in", "rank")
     else:
         coords["layer"] = np.arange(net.depth)
         dims["hidden_weight"] = ("layer", "hidden_out", "hidden_in")
@@ -134,9 +140,10 @@ def _net_site_dims(net: Any, out_dim: int) -> tuple[dict[str, tuple[str, ...]], 
 def site_dims(model: BayesianResNet) -> tuple[dict[str, tuple[str, ...]], dict[str, Any]]:
     """Named dimensions of every latent site of ``model`` (without chain and draw).
 
-    Network sites get their layer's dims; the hierarchical prior's ``<site>_raw`` shares the dims
-    of ``<site>`` and ``<site>_scale`` is a scalar; ``noise`` is ``("output",)``. A site of
-    unknown name gets ``<site>_dim_<i>``.
+    Network sites get their layer's dims; a structured prior's ``<site>_raw`` (and the
+    horseshoe's ``<site>_local_scale``) shares the dims of ``<site>`` and its hyperparameters
+    (``<site>_scale``, ``<site>_step_scale``, ...) are scalars; ``noise`` is ``("output",)``.
+    A site of unknown name gets ``<site>_dim_<i>``.
 
     Returns
     -------
@@ -146,7 +153,9 @@ def site_dims(model: BayesianResNet) -> tuple[dict[str, tuple[str, ...]], dict[s
     net_dims, coords = _net_site_dims(model.net, model.out_dim)
     dims: dict[str, tuple[str, ...]] = {}
     for name, shape in model.latent_shapes.items():
-        base = name[:-4] if name.endswith("_raw") else name
+        base = name
+        for suffix in ("_raw", "_local_scale"):  # per-coefficient sites of a structured prior
+            base = base[: -len(suffix)] if base.endswith(suffix) else base
         if base in net_dims and len(net_dims[base]) == len(shape):
             dims[name] = net_dims[base]
         elif name == "noise" and shape == (model.out_dim,):
@@ -301,9 +310,7 @@ def inference_groups(posterior: Posterior, x_new: Any = None, y_new: Any = None,
     -------
     dict group name -> xarray.Dataset
     """
-    if not isinstance(posterior, Posterior):
-        raise ValueError(f"posterior must be a bayesresnet Posterior, got "
-                         f"{type(posterior).__name__}")
+    check_posterior(posterior)
     if isinstance(prior_draws, bool) or not isinstance(prior_draws, (int, np.integer)) \
             or prior_draws < 1:
         raise ValueError(f"prior_draws must be a positive integer, got {prior_draws!r}")
@@ -344,11 +351,13 @@ def _prior_groups(posterior: Posterior, build: _GroupBuilder, num: int
     """Prior draws of every site, ``f`` and replicate observations at the training inputs."""
     stream = int(np.random.SeedSequence([posterior.seed, _STREAM_PRIOR]).generate_state(1)[0])
     draws = posterior.model.sample_prior(stream, (1, num))
-    # A Posterior over the prior draws evaluates them through the same path as the posterior's.
-    prior_run = Posterior(posterior.model, draws, {}, posterior.method, posterior.x_scaler,
-                          posterior.y_scaler, posterior.seed, 0.0, posterior.x_train,
-                          posterior.y_train, feature_names=posterior.feature_names,
-                          target_names=posterior.target_names)
+    # A run of the same class over the prior draws evaluates them through the same path as the
+    # posterior's (``type(posterior)``: this module does not import bayesresnet.posterior).
+    prior_run = type(posterior)(
+        model=posterior.model, draws=draws, stats={}, method=posterior.method,
+        x_scaler=posterior.x_scaler, y_scaler=posterior.y_scaler, seed=posterior.seed,
+        fit_seconds=0.0, x_train=posterior.x_train, y_train=posterior.y_train,
+        feature_names=posterior.feature_names, target_names=posterior.target_names)
     loc, scale, _ = prior_run.evaluate(posterior.x_train, network_only=True)
     replicate = _noisy(loc, scale, _seeded(posterior.seed, _STREAM_PRIOR))
     obs_dims = ("chain", "draw", *build.observation_dims("obs_id"))
@@ -446,9 +455,7 @@ def compare(posteriors: Mapping[str, Posterior], **kwargs: Any) -> pd.DataFrame:
         raise ValueError("compare needs a dict of at least two named posteriors")
     items = list(posteriors.items())
     for name, post in items:
-        if not isinstance(post, Posterior):
-            raise ValueError(f"posteriors[{name!r}] is not a Posterior, got "
-                             f"{type(post).__name__}")
+        check_posterior(post, f"posteriors[{name!r}]")
         total = post.num_chains * post.num_draws
         if total < 2:
             raise ValueError(f"posteriors[{name!r}] has a single draw ({post.method.name}); "

@@ -85,6 +85,7 @@ from torch import Tensor
 
 from .arviz_compat import draws_dataset, ess, ess_by_chain, psislw, rhat_by_chain
 from .arviz_compat import rhat as compat_rhat
+from .validation import check_posterior
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -844,11 +845,7 @@ def diagnose(posterior: Posterior) -> Diagnostics:
     Diagnostics
         ``ok``, ``table`` (check, value, rule, threshold, passed), ``warnings``, ``notes``.
     """
-    from .posterior import Posterior
-
-    if not isinstance(posterior, Posterior):
-        raise ValueError(f"posterior must be a bayesresnet Posterior, got "
-                         f"{type(posterior).__name__}")
+    check_posterior(posterior)
     name = posterior.method.name
     kind = getattr(posterior.method, "kind", None)
     diag = Diagnostics(name, (posterior.num_chains, posterior.num_draws))

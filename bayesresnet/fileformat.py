@@ -3,11 +3,15 @@
 The file is written with xarray (engine ``h5netcdf``); neither writing nor reading needs ArviZ, so
 a file saved under one ArviZ line loads under the other. Its groups are the ArviZ groups of
 :func:`bayesresnet.convert.inference_groups`, so ``arviz.from_netcdf(path)`` opens it on either
-line. The root group holds what :func:`load` needs besides the draws (which it takes from the
+line. The root group holds what :func:`read` needs besides the draws (which it takes from the
 ``posterior`` group): JSON strings in attributes (model, method, scalers, seed, column names, ...)
 and plain numeric arrays (training data, ``stats``, array-valued ``extra``). Nothing is pickled
-and loading never executes code. This module imports no inference code: a saved run's method is
-rebuilt from :mod:`bayesresnet.registry`.
+and reading never executes code.
+
+This module imports no inference code (a saved run's method is rebuilt from
+:mod:`bayesresnet.registry`) and not :mod:`bayesresnet.posterior` either: :func:`save` takes
+any object with a posterior's attributes, and :func:`read` returns the keyword arguments of
+:class:`~bayesresnet.Posterior`, which :func:`bayesresnet.load` builds.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,13 +36,16 @@ from .convert import inference_groups
 from .data import Standardizer
 from .likelihoods import likelihood_from_config
 from .model import BayesianResNet
-from .posterior import Posterior
 from .registry import method_class, method_names
 from .resnet import network_from_config
 from .seeds import SEED_MAX
+from .validation import check_posterior
+
+if TYPE_CHECKING:
+    from .posterior import Posterior
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_ATTRIBUTE_CHARS", "MAX_DEPTH",
-           "MAX_JSON_DEPTH", "PosteriorFileError", "load", "save"]
+           "MAX_JSON_DEPTH", "PosteriorFileError", "read", "save"]
 
 FORMAT_NAME = "bayesresnet.posterior"
 FORMAT_VERSION = 1
@@ -101,7 +108,7 @@ class _TreeEncoder:
         return None
 
 
-# ------------------------------------------------------------------------------- save and load
+# ------------------------------------------------------------------------------- save
 def _root_dataset(posterior: Posterior) -> Any:
     """The root group of the file: metadata as JSON attributes, stats/extra/data as arrays."""
     import xarray as xr
@@ -162,9 +169,7 @@ def save(posterior: Posterior, path: str | os.PathLike) -> Path:
     pathlib.Path
         The path written.
     """
-    if not isinstance(posterior, Posterior):
-        raise ValueError(f"posterior must be a bayesresnet Posterior, got "
-                         f"{type(posterior).__name__}")
+    check_posterior(posterior)
     target = Path(os.fspath(path))
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
@@ -188,21 +193,21 @@ def save(posterior: Posterior, path: str | os.PathLike) -> Path:
     return target
 
 
-# ------------------------------------------------------------------------------- load
+# ------------------------------------------------------------------------------- read
 MAX_JSON_DEPTH = 100
-"""Deepest nesting of JSON arrays and objects that :func:`load` parses in one attribute.
+"""Deepest nesting of JSON arrays and objects that :func:`read` parses in one attribute.
 
 The format's own trees (settings, scalers, stats, extra) nest a few levels; the limit is checked
 without recursion before parsing, so a hostile attribute cannot exhaust the stack."""
 
 MAX_ATTRIBUTE_CHARS = 2**25
-"""Longest JSON attribute (in characters, about 32 million) that :func:`load` parses.
+"""Longest JSON attribute (in characters, about 32 million) that :func:`read` parses.
 
 The longest legitimate ones are the scalers (about 25 characters per input column) and the
 user's ``extra``; parsed JSON takes up to about twenty times its length in memory."""
 
 MAX_DEPTH = 100_000
-"""Deepest network :func:`load` rebuilds.
+"""Deepest network :func:`read` rebuilds.
 
 A network's size is checked against its stored draws, but for a ResNet whose basis has a fixed
 number of functions (constant, linear, cubic, Legendre) the depth changes only the work of a
@@ -301,7 +306,7 @@ class _FileReader:
     """Checked access to an open run file: links, array headers and sizes before any data.
 
     The arrays of a run file are stored uncompressed and apart, so together the arrays that
-    :func:`load` reads cannot hold more bytes than the file: each array's size is checked
+    :func:`read` reads cannot hold more bytes than the file: each array's size is checked
     against what is left of that budget before it is read.
     """
 
@@ -534,8 +539,10 @@ def _rebuild_method(config: Any, model: BayesianResNet, path: str) -> Any:
         raise PosteriorFileError(f"{path!r}: unknown inference method {_short(name)}; expected "
                                  f"one of {method_names()}")
     try:
-        upgrade = getattr(method_type, "saved_settings", None)
-        method = method_type(**(upgrade(settings) if callable(upgrade) else settings))
+        # from_settings maps the old names of renamed settings and fills in settings added
+        # since the file was written (InferenceMethod.renamed_settings, saved_settings).
+        build = getattr(method_type, "from_settings", None)
+        method = build(settings) if callable(build) else method_type(**settings)
         validate = getattr(method, "validate", None)
         if callable(validate):
             validate(model)
@@ -709,7 +716,7 @@ def _walk_global_heap(fd: int, start: int, size: int, width: int, steps_left: in
 
 
 def _read_attributes(handle: Any, size: int, path: str) -> dict[str, Any]:
-    """The root attributes :func:`load` reads, each checked for size before it is read."""
+    """The root attributes :func:`read` reads, each checked for size before it is read."""
     keys = [_FORMAT_KEY, _VERSION_KEY, *(f"bayesresnet_{key}" for key in _METADATA_KEYS)]
     attrs = {}
     with _reading(path):
@@ -724,14 +731,14 @@ def _read_attributes(handle: Any, size: int, path: str) -> dict[str, Any]:
     return attrs
 
 
-def load(path: str | os.PathLike) -> Posterior:
-    """Read a posterior written by :func:`~bayesresnet.fileformat.save`.
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a run written by :func:`save`: the keyword arguments of its ``Posterior``.
 
-    Only arrays and JSON are read; nothing is unpickled or executed, and no link to another
-    file is followed. The model is rebuilt with ``BayesianResNet.from_config`` and the method
-    with its registered class (``**settings``); draws, scalers, seed, training data, stats and
-    extra are restored exactly, so ``predict`` gives the same numbers as the posterior that was
-    saved.
+    :func:`bayesresnet.load` (``Posterior(**read(path))``) is how a run is loaded. Only arrays
+    and JSON are read; nothing is unpickled or executed, and no link to another file is
+    followed. The model is rebuilt with ``BayesianResNet.from_config`` and the method with its
+    registered class (``**settings``); draws, scalers, seed, training data, stats and extra are
+    restored exactly, so ``predict`` gives the same numbers as the posterior that was saved.
 
     Everything read is checked against the model the file describes before it is used: the
     draws (float64, ``(chain, draw, *site_shape)``, finite, inside their prior's support and
@@ -747,7 +754,10 @@ def load(path: str | os.PathLike) -> Posterior:
 
     Returns
     -------
-    Posterior
+    dict
+        ``model``, ``draws``, ``stats``, ``method``, ``x_scaler``, ``y_scaler``, ``seed``,
+        ``fit_seconds``, ``x_train``, ``y_train``, ``extra``, ``feature_names``,
+        ``target_names``: the keyword arguments of :class:`~bayesresnet.Posterior`.
 
     Raises
     ------
@@ -800,8 +810,9 @@ def load(path: str | os.PathLike) -> Posterior:
             handle.close()
 
 
-def _rebuild(reader: _FileReader, attrs: Mapping[str, Any]) -> Posterior:
-    """The posterior of an open run file, each part checked before the next is read."""
+def _rebuild(reader: _FileReader, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run of an open file as Posterior's keyword arguments, each part checked before the
+    next is read."""
     path = reader.path
     _check_format(attrs, path)
     headers = _draw_headers(reader, _json_attr(attrs, "bayesresnet_sites", path), path)
@@ -827,8 +838,6 @@ def _rebuild(reader: _FileReader, attrs: Mapping[str, Any]) -> Posterior:
         trees[key] = tree
     names = {"feature_names": _names(attrs, "feature_names", model.in_dim, path),
              "target_names": _names(attrs, "target_names", model.out_dim, path)}
-    try:
-        return Posterior(model, draws, trees["stats"], method, x_scaler, y_scaler, seed,
-                         fit_seconds, x_train, y_train, extra=trees["extra"], **names)
-    except ValueError as err:
-        raise PosteriorFileError(f"{path!r}: inconsistent run: {err}") from err
+    return {"model": model, "draws": draws, "stats": trees["stats"], "method": method,
+            "x_scaler": x_scaler, "y_scaler": y_scaler, "seed": seed, "fit_seconds": fit_seconds,
+            "x_train": x_train, "y_train": y_train, "extra": trees["extra"], **names}

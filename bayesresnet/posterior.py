@@ -1,8 +1,17 @@
-"""The one result every inference method returns, and the predictions made from it."""
+"""The one result every inference method returns, and the predictions made from it.
+
+This module is above the modules that work on a run (:mod:`~bayesresnet.convert`,
+:mod:`~bayesresnet.diagnostics`, :mod:`~bayesresnet.fileformat`, :mod:`~bayesresnet.stacking`):
+those take any object with a posterior's attributes
+(:data:`bayesresnet.validation.POSTERIOR_ATTRIBUTES`) and never import this module, so
+:class:`Posterior`'s convenience methods call them directly and :func:`load` builds the
+:class:`Posterior` of what :func:`bayesresnet.fileformat.read` read.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -11,17 +20,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .arviz_compat import import_arviz
+from .convert import pointwise_log_likelihood
+from .convert import to_arviz as convert_to_arviz
 from .data import Standardizer
+from .diagnostics import KHAT_MAX, Diagnostics, diagnose
+from .fileformat import PosteriorFileError, read, save
 from .model import BayesianResNet
+from .ode import posterior_stability
 from .seeds import check_seed
+from .stacking import apportion_draws, chain_elpd
+from .stacking import stacking_weights as weights_of_chains
+from .validation import as_float_tensor, check_inputs
+from .validation import check_targets as check_targets  # importable from here, as before
+from .validation import column_names as column_names  # importable from here, as before
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import xarray as xr
 
     from .inference.base import InferenceMethod
 
-__all__ = ["Posterior", "Prediction", "as_float_tensor", "check_inputs", "check_targets",
-           "column_names"]
+__all__ = ["Posterior", "Prediction", "load"]
 
 # Budget, in bytes, for the hidden states of one chunk of draws in a batched forward pass. Small
 # enough for a CPU's L2 cache: with 1000 draws, chunks of this size ran about twice as fast as
@@ -33,77 +54,6 @@ def draws_per_chunk(net: Any, num_inputs: int, total: int) -> int:
     """How many draws one chunk of a batched forward pass at ``num_inputs`` inputs takes."""
     per_draw = 8 * num_inputs * (getattr(net, "width", 1) + 2 * net.out_dim)
     return max(1, min(total, _CHUNK_BYTES // max(per_draw, 1)))
-
-
-def as_float_tensor(values: Any, name: str) -> Tensor:
-    """A float64 CPU tensor from a NumPy array, tensor or nested list, with clear errors.
-
-    Masked arrays with masked entries and tensors without data (the ``meta`` device) raise a
-    ValueError naming ``name``; sparse tensors are made dense.
-    """
-    if isinstance(values, Tensor):
-        if values.device.type == "meta":
-            raise ValueError(f"{name} is a tensor on the 'meta' device, which holds no values")
-        if values.is_complex() or not (values.is_floating_point() or values.dtype in (
-                torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)):
-            raise ValueError(f"{name} must be real numbers, got dtype {values.dtype}")
-        if values.layout != torch.strided:
-            values = values.to_dense()
-        return values.detach().to(device="cpu", dtype=torch.float64)
-    if isinstance(values, np.ma.MaskedArray):
-        masked = int(np.ma.getmaskarray(values).sum())
-        if masked:
-            raise ValueError(f"{name} is a masked array with {masked} masked "
-                             f"entr{'y' if masked == 1 else 'ies'}; drop those rows or fill "
-                             f"them (e.g. with {name}.filled(value)) first")
-        values = values.data
-    array = np.asarray(values)
-    if array.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
-    return torch.as_tensor(array.astype(np.float64))
-
-
-def check_inputs(x: Any, in_dim: int, name: str = "x") -> Tensor:
-    """Validate inputs: 2-D (or 1-D when in_dim == 1), at least one row, finite, in_dim columns."""
-    x = as_float_tensor(x, name)
-    if x.dim() == 1 and in_dim == 1:
-        x = x.unsqueeze(-1)
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, {in_dim}), got shape {tuple(x.shape)}")
-    if x.shape[0] < 1:
-        raise ValueError(f"{name} is empty: it needs at least one row")
-    if x.shape[1] != in_dim:
-        raise ValueError(f"{name} has {x.shape[1]} features but the model expects {in_dim}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    return x
-
-
-def check_targets(y: Any, n: int, out_dim: int, name: str = "y") -> Tensor:
-    """Validate targets for ``n`` inputs: (n,) or (n, out_dim), finite; returns (n, out_dim)."""
-    y = as_float_tensor(y, name)
-    if y.dim() == 1:
-        y = y.unsqueeze(-1)
-    if y.dim() != 2 or y.shape[1] != out_dim:
-        raise ValueError(f"{name} must have shape (N,) or (N, {out_dim}) for a model with "
-                         f"{out_dim} output(s), got shape {tuple(y.shape)}")
-    if y.shape[0] != n:
-        raise ValueError(f"the inputs and {name} have different numbers of rows: {n} and "
-                         f"{y.shape[0]}")
-    if not torch.isfinite(y).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    return y
-
-
-def column_names(values: Any) -> list[str] | None:
-    """Column names of a pandas ``DataFrame`` (or the name of a ``Series``), else None."""
-    columns = getattr(values, "columns", None)
-    if columns is not None and type(values).__name__ == "DataFrame":
-        return [str(c) for c in columns]
-    name = getattr(values, "name", None)
-    if type(values).__name__ == "Series" and name is not None:
-        return [str(name)]
-    return None
 
 
 def _checked_names(names: Any, count: int, what: str) -> list[str] | None:
@@ -332,19 +282,27 @@ class Posterior:
     feature_names, target_names : list of str or None
         Names of the input and output columns where the training data had them (pandas
         columns, CSV headers); they label the ``input`` and ``output`` coordinates of exports.
+    fit_dtype, fit_device : str
+        The floating type and device the fit computed in (``fit(dtype=..., device=...)``),
+        e.g. ``"float32"`` and ``"cuda:0"``; the draws are float64 on the CPU whatever they
+        are. Not saved: a loaded posterior reports the defaults.
     """
 
-    def __init__(self, model: BayesianResNet, draws: Mapping[str, Tensor], stats: Mapping[str, Any],
-                 method: InferenceMethod, x_scaler: Standardizer, y_scaler: Standardizer,
-                 seed: int, fit_seconds: float, x_train: np.ndarray, y_train: np.ndarray,
-                 extra: Mapping[str, Any] | None = None, *,
+    fit_dtype: str = "float64"
+    fit_device: str = "cpu"
+
+    def __init__(self, *, model: BayesianResNet, draws: Mapping[str, Tensor],
+                 stats: Mapping[str, Any], method: InferenceMethod, x_scaler: Standardizer,
+                 y_scaler: Standardizer, seed: int, fit_seconds: float, x_train: np.ndarray,
+                 y_train: np.ndarray, extra: Mapping[str, Any] | None = None,
                  feature_names: list[str] | None = None,
                  target_names: list[str] | None = None) -> None:
         missing = [name for name in model.latent_sites if name not in draws]
         if missing:
             raise ValueError(f"draws are missing latent sites {missing}")
         self.model = model
-        self.draws = {name: draws[name].detach().to(torch.float64) for name in model.latent_sites}
+        self.draws = {name: draws[name].detach().to(device="cpu", dtype=torch.float64)
+                      for name in model.latent_sites}
         self.stats = dict(stats)
         self.method = method
         self.x_scaler = x_scaler
@@ -387,23 +345,23 @@ class Posterior:
         index = torch.randperm(total, generator=generator)[:num_draws].sort().values
         return {k: v[index] for k, v in flat.items()}
 
-    def _loc_scale(self, values: Mapping[str, Tensor], x_std: Tensor, network_only: bool = False
+    def _loc_scale(self, values: Mapping[str, Tensor], x_scaled: Tensor, network_only: bool = False
                    ) -> tuple[Tensor, Tensor]:
         """Batched predictive mean and noise (standardized units), chunked over draws.
 
         A method whose predictive is not the network at the draws (e.g. a linearized Laplace
-        predictive) defines ``predictive_loc_scale(model, values, x_std, extra)``; it is used
+        predictive) defines ``predictive_loc_scale(model, values, x_scaled, extra)``; it is used
         here, so predictions, the export and the diagnostics all follow it.
         """
         total = next(iter(values.values())).shape[0]
-        chunk = draws_per_chunk(self.model.net, x_std.shape[0], total)
+        chunk = draws_per_chunk(self.model.net, x_scaled.shape[0], total)
         own = None if network_only else getattr(self.method, "predictive_loc_scale", None)
         locs, scales = [], []
         with torch.no_grad():
             for start in range(0, total, chunk):
                 part = {k: v[start:start + chunk] for k, v in values.items()}
-                loc, scale = (self.model.loc_scale(part, x_std) if own is None
-                              else own(self.model, part, x_std, self.extra))
+                loc, scale = (self.model.loc_scale(part, x_scaled) if own is None
+                              else own(self.model, part, x_scaled, self.extra))
                 locs.append(loc)
                 scales.append(scale)
         return torch.cat(locs), torch.cat(scales)
@@ -437,10 +395,6 @@ class Posterior:
 
     def _stacking_weights(self, stacklevel: int) -> np.ndarray:
         """:meth:`stacking_weights`, warning ``stacklevel`` frames up (the user's call)."""
-        from .convert import pointwise_log_likelihood
-        from .diagnostics import KHAT_MAX
-        from .stacking import chain_elpd, stacking_weights
-
         if self.num_chains == 1:
             return np.ones(1)
         elpd, khat = chain_elpd(pointwise_log_likelihood(self))
@@ -451,7 +405,7 @@ class Posterior:
                           f"(worst {float(khat.max()):.2f}), so it is unreliable; more draws per "
                           "chain help (a chain that predicts some points badly has high k-hat "
                           "there, and little weight)", UserWarning, stacklevel=stacklevel)
-        return stacking_weights(elpd)
+        return weights_of_chains(elpd)
 
     def _chain_weights(self, weights: Any) -> np.ndarray | None:
         """``predict``'s ``weights`` argument checked: None, or weights (chain,) summing to 1."""
@@ -520,14 +474,12 @@ class Posterior:
         x = check_inputs(x, self.model.in_dim)
         seed = check_seed(self.seed, "Posterior.seed") if seed is None else check_seed(seed)
         chain_weights = self._chain_weights(weights)
-        x_std = self.x_scaler.transform(x)
+        x_scaled = self.x_scaler.transform(x)
         total = self.num_chains * self.num_draws
         if chain_weights is None:
             values = self.flat_draws(num_draws, seed)
             whole = next(iter(values.values())).shape[0] == total
         else:
-            from .stacking import apportion_draws
-
             self.flat_draws(num_draws)  # checks num_draws
             count = total if num_draws is None else min(int(num_draws), total)
             index = torch.as_tensor(apportion_draws(chain_weights, self.num_draws, count, seed))
@@ -538,7 +490,7 @@ class Posterior:
         if num_draws is not None and num_draws > total:
             warnings.warn(f"{num_draws} draws were asked for but the posterior has {total}; "
                           f"using all {total}", UserWarning, stacklevel=2)
-        loc, scale = self._loc_scale(values, x_std)
+        loc, scale = self._loc_scale(values, x_scaled)
         f_samples = self.y_scaler.inverse_transform(loc)
         noise = self.y_scaler.inverse_scale(scale)
 
@@ -627,8 +579,6 @@ class Posterior:
         -------
         pandas.DataFrame
         """
-        from .arviz_compat import import_arviz
-
         data = self.to_arviz(predictive=False, prior=False)
         if var_names is None:
             var_names = [name for name, value in self.draws.items() if name == "noise"
@@ -646,19 +596,50 @@ class Posterior:
 
         See :func:`bayesresnet.convert.to_arviz` for the groups, dims and units.
         """
-        from .convert import to_arviz
-
-        return to_arviz(self, x_new=x_new, y_new=y_new, predictive=predictive, prior=prior,
+        return convert_to_arviz(self, x_new=x_new, y_new=y_new, predictive=predictive, prior=prior,
                         prior_draws=prior_draws)
 
-    def diagnose(self) -> Any:
+    def diagnose(self) -> Diagnostics:
         """Convergence checks for this run; see :func:`bayesresnet.diagnostics.diagnose`."""
-        from .diagnostics import diagnose
-
         return diagnose(self)
 
-    def save(self, path: Any) -> Any:
-        """Write this posterior to one netCDF file; see :func:`bayesresnet.fileformat.save`."""
-        from .fileformat import save
+    def stability(self, x: Any, **options: Any) -> xr.Dataset:
+        """Posterior of the layer Jacobians' eigenvalues along the trajectories of ``x``
+        (original units) and the probability that the Euler steps are stable; see
+        :func:`bayesresnet.ode.posterior_stability` (``options``: ``thin``, ``scheme``,
+        ``level``, ``tolerance``, ``eigenvalues``)."""
+        return posterior_stability(self, x, **options)
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this posterior to one netCDF file; see :func:`bayesresnet.fileformat.save`."""
         return save(self, path)
+
+
+def load(path: str | os.PathLike) -> Posterior:
+    """Read a posterior saved by :meth:`bayesresnet.Posterior.save`.
+
+    The file is read and every part of it checked by :func:`bayesresnet.fileformat.read` (only
+    arrays and JSON; nothing is unpickled or executed; see there for the checks and limits), so
+    ``predict`` gives the same numbers as the posterior that was saved.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    Posterior
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    PosteriorFileError (a ValueError)
+        Not a bayesresnet posterior file, a corrupt, truncated or tampered one, or an
+        unsupported format version. No other error comes from the file's contents.
+    """
+    record = read(path)
+    try:
+        return Posterior(**record)
+    except ValueError as err:
+        raise PosteriorFileError(f"{os.fspath(path)!r}: inconsistent run: {err}") from err

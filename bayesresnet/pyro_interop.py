@@ -19,9 +19,9 @@ model. Use :meth:`~bayesresnet.Posterior.predict`, or transform the inputs with
     from bayesresnet.pyro_interop import standardize
     from pyro.infer import MCMC, NUTS, Predictive
 
-    x_std, y_std, x_scaler, y_scaler = standardize(model, x, y)
+    x_scaled, y_scaled, x_scaler, y_scaler = standardize(model, x, y)
     mcmc = MCMC(NUTS(model), num_samples=500, warmup_steps=500, num_chains=4)
-    mcmc.run(x_std, y_std)                                   # standardized data, not x, y
+    mcmc.run(x_scaled, y_scaled)                             # standardized data, not x, y
     post = brn.from_pyro(model, x, y, samples=mcmc.get_samples(group_by_chain=True),
                          stats=mcmc.diagnostics())           # x, y in original units
     post.predict(x_new).mean                                 # original units
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -55,17 +56,12 @@ from pyro.nn import PyroModule
 from torch import Tensor
 
 from .data import Standardizer
+from .diagnostics import warn_if_failed
 from .inference.base import InferenceMethod, MethodResult, check_positive_int, check_seed
 from .inference.executor import global_state_lock
 from .model import BayesianResNet
-from .posterior import (
-    Posterior,
-    as_float_tensor,
-    check_inputs,
-    check_targets,
-    column_names,
-    draws_per_chunk,
-)
+from .posterior import Posterior, draws_per_chunk
+from .validation import as_float_tensor, check_inputs, check_targets, column_names
 
 __all__ = ["PER_DRAW_STATS", "STAT_ALIASES", "PyroGuide", "PyroMCMC", "from_pyro",
            "standardize"]
@@ -135,21 +131,22 @@ class PyroMCMC(_ExternalDraws):
 
     Parameters
     ----------
-    num_chains : int, optional
-        Chains of the run (1 when the samples had no chain axis).
+    chains : int, optional
+        Chains of the run (1 when the samples had no chain axis). Formerly ``num_chains``.
     num_samples : int, optional
         Draws per chain.
     """
 
-    num_chains: int | None = None
+    chains: int | None = None
     num_samples: int | None = None
 
     name: ClassVar[str] = "pyro_mcmc"
     kind: ClassVar[str] = "mcmc"
+    renamed_settings: ClassVar[Mapping[str, str]] = {"num_chains": "chains"}
     _made_by: ClassVar[str] = "MCMC samples"
 
     def check_settings(self) -> None:
-        for setting in ("num_chains", "num_samples"):
+        for setting in ("chains", "num_samples"):
             if getattr(self, setting) is not None:
                 check_positive_int("PyroMCMC", setting, getattr(self, setting))
 
@@ -166,25 +163,26 @@ class PyroGuide(_ExternalDraws):
     ----------
     guide : str, optional
         Class name of the guide (e.g. ``"AutoNormal"``), or the function's name.
-    num_samples : int, optional
-        Draws taken from the guide.
+    num_draws : int, optional
+        Draws taken from the guide. Formerly ``num_samples``.
     parallel : bool
         Whether the draws were taken in one vectorized pass.
     """
 
     guide: str | None = None
-    num_samples: int | None = None
+    num_draws: int | None = None
     parallel: bool = True
 
     name: ClassVar[str] = "pyro_guide"
     kind: ClassVar[str] = "variational"
+    renamed_settings: ClassVar[Mapping[str, str]] = {"num_samples": "num_draws"}
     _made_by: ClassVar[str] = "draws from a fitted guide"
 
     def check_settings(self) -> None:
         if self.guide is not None and not isinstance(self.guide, str):
             raise ValueError(f"PyroGuide: guide must be a class name (str), got {self.guide!r}")
-        if self.num_samples is not None:
-            check_positive_int("PyroGuide", "num_samples", self.num_samples)
+        if self.num_draws is not None:
+            check_positive_int("PyroGuide", "num_draws", self.num_draws)
         if not isinstance(self.parallel, bool):
             raise ValueError(f"PyroGuide: parallel must be True or False, got {self.parallel!r}")
 
@@ -228,9 +226,9 @@ def standardize(model: BayesianResNet, x: Any, y: Any, standardize: bool = True
 
     Returns
     -------
-    x_std : tensor (N, in_dim), float64
-    y_std : tensor (N, out_dim), float64
-        The arguments of the Pyro model: ``model(x_std, y_std)``.
+    x_scaled : tensor (N, in_dim), float64
+    y_scaled : tensor (N, out_dim), float64
+        The arguments of the Pyro model: ``model(x_scaled, y_scaled)``.
     x_scaler, y_scaler : Standardizer
         ``x_scaler.transform`` maps new inputs to the model's units, ``y_scaler
         .inverse_transform`` maps the model's outputs (``loc``, ``obs``) back, and
@@ -241,8 +239,8 @@ def standardize(model: BayesianResNet, x: Any, y: Any, standardize: bool = True
     ValueError
         Invalid data (shape, NaN or inf, non-numeric), as in ``fit``.
     """
-    _, _, x_std, y_std, x_scaler, y_scaler = _prepare(model, x, y, standardize)
-    return x_std, y_std, x_scaler, y_scaler
+    _, _, x_scaled, y_scaled, x_scaler, y_scaler = _prepare(model, x, y, standardize)
+    return x_scaled, y_scaled, x_scaler, y_scaler
 
 
 # ------------------------------------------------------------------------------ samples
@@ -489,9 +487,10 @@ def _guide_stats(stats: Any) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------ from_pyro
 def from_pyro(model: BayesianResNet, x: Any, y: Any, *, samples: Mapping[str, Any] | None = None,
-              guide: Callable[..., Any] | None = None, num_samples: int | None = None,
+              guide: Callable[..., Any] | None = None, num_draws: int | None = None,
               seed: int = 0, standardize: bool = True, stats: Mapping[str, Any] | None = None,
-              parallel: bool = True, check: bool = True) -> Posterior:
+              parallel: bool = True, check: bool = True,
+              num_samples: int | None = None) -> Posterior:
     """Wrap a Pyro run of your own on ``model`` into a :class:`~bayesresnet.Posterior`.
 
     The run must have used the standardized data that :func:`standardize` returns for the same
@@ -520,7 +519,7 @@ def from_pyro(model: BayesianResNet, x: Any, y: Any, *, samples: Mapping[str, An
         signature ``guide(x, y)``, whose parameters are in the current param store (or held by
         the guide, as an ``AutoGuide``'s are). It is called on the standardized data, without
         gradients. Exactly one of ``samples`` and ``guide``.
-    num_samples : int, optional
+    num_draws : int, optional
         Draws taken from ``guide`` (default 1000); only with ``guide``.
     seed : int
         Seeds the draws from ``guide`` (the same seed gives the same draws; the global torch
@@ -537,12 +536,14 @@ def from_pyro(model: BayesianResNet, x: Any, y: Any, *, samples: Mapping[str, An
         are summaries and are ignored). With ``guide``: the SVI history, ``{"loss": losses}``
         (the values ``svi.step`` returned) or ``{"elbo": elbos}``, for the ELBO trend check.
     parallel : bool
-        With ``guide``: draw all ``num_samples`` in one vectorized pass under a plate left of
+        With ``guide``: draw all ``num_draws`` in one vectorized pass under a plate left of
         the model's plates (like ``Predictive(parallel=True)``); False draws one at a time, for
         guides that cannot be vectorized (slower, and other draws for the same seed).
     check : bool
         As in ``fit``: run :meth:`~bayesresnet.Posterior.diagnose` and issue a
         :class:`~bayesresnet.ConvergenceWarning` when a check fails.
+    num_samples : int, optional
+        Deprecated name of ``num_draws`` (a DeprecationWarning).
 
     Returns
     -------
@@ -569,46 +570,52 @@ def from_pyro(model: BayesianResNet, x: Any, y: Any, *, samples: Mapping[str, An
     latent values when every other site is auxiliary (Pyro's autoguides); for other guides it
     is left out and the Pareto k-hat check is skipped.
     """
+    if num_samples is not None:
+        if num_draws is not None:
+            raise TypeError("from_pyro: num_samples is the old name of num_draws; give only "
+                            "num_draws")
+        warnings.warn("from_pyro: num_samples is now called num_draws; the old name will be "
+                      "removed in a future release", DeprecationWarning, stacklevel=2)
+        num_draws = num_samples
     if (samples is None) == (guide is None):
         raise ValueError("pass exactly one of samples= (MCMC samples) and guide= (a fitted "
                          "guide)")
     if not isinstance(check, (bool, np.bool_)):
         raise ValueError(f"check must be True or False, got {check!r}")
     seed = check_seed(seed)
-    x_t, y_t, x_std, y_std, x_scaler, y_scaler = _prepare(model, x, y, standardize)
+    x_t, y_t, x_scaled, y_scaled, x_scaler, y_scaler = _prepare(model, x, y, standardize)
     extra: dict[str, Any] = {}
     if samples is not None:
-        if num_samples is not None:
-            raise ValueError("num_samples applies to guide=; MCMC samples are taken as they "
+        if num_draws is not None:
+            raise ValueError("num_draws applies to guide=; MCMC samples are taken as they "
                              "are (slice them to thin)")
         draws = _checked_samples(model, samples)
         chains, num = next(iter(draws.values())).shape[:2]
         run_stats: dict[str, Any] = _checked_stats(stats, chains, num)
-        method: InferenceMethod = PyroMCMC(num_chains=int(chains), num_samples=int(num))
+        method: InferenceMethod = PyroMCMC(chains=int(chains), num_samples=int(num))
         seconds = 0.0
     else:
         if not callable(guide):
             raise ValueError(f"guide must be a callable Pyro guide, got {type(guide).__name__}")
-        num_samples = 1000 if num_samples is None else num_samples
-        check_positive_int("from_pyro", "num_samples", num_samples)
+        num_draws = 1000 if num_draws is None else num_draws
+        check_positive_int("from_pyro", "num_draws", num_draws)
         if not isinstance(parallel, (bool, np.bool_)):
             raise ValueError(f"parallel must be True or False, got {parallel!r}")
         run_stats = _guide_stats(stats)
         start = time.perf_counter()
-        draws, log_q, params = _draw_from_guide(model, guide, (x_std, y_std), int(num_samples),
-                                                seed, bool(parallel))
+        draws, log_q, params = _draw_from_guide(model, guide, (x_scaled, y_scaled),
+                                                int(num_draws), seed, bool(parallel))
         seconds = time.perf_counter() - start
         if log_q is not None:
             run_stats["log_q"] = log_q
         extra["guide_params"] = params
-        method = PyroGuide(guide=_guide_name(guide), num_samples=int(num_samples),
+        method = PyroGuide(guide=_guide_name(guide), num_draws=int(num_draws),
                            parallel=bool(parallel))
-    run_stats["log_joint"] = _log_joint(model, draws, x_std, y_std)
-    posterior = Posterior(model, draws, run_stats, method, x_scaler, y_scaler, seed, seconds,
-                          x_t.numpy(), y_t.numpy(), extra=extra,
+    run_stats["log_joint"] = _log_joint(model, draws, x_scaled, y_scaled)
+    posterior = Posterior(model=model, draws=draws, stats=run_stats, method=method,
+                          x_scaler=x_scaler, y_scaler=y_scaler, seed=seed, fit_seconds=seconds,
+                          x_train=x_t.numpy(), y_train=y_t.numpy(), extra=extra,
                           feature_names=column_names(x), target_names=column_names(y))
     if check:
-        from .diagnostics import warn_if_failed
-
         warn_if_failed(posterior.diagnose(), stacklevel=3)
     return posterior

@@ -69,8 +69,9 @@ def compare(problem: Any, x_test: np.ndarray, draws: int, repeats: int, seed: in
     y_raw = torch.as_tensor(problem.y_raw, dtype=torch.float64).reshape(-1, 1)
     x_scaler = brn.data.Standardizer().fit(x_raw)
     y_scaler = brn.data.Standardizer().fit(y_raw)
-    post = brn.Posterior(model, prior, {}, brn.NUTS(), x_scaler, y_scaler, seed, 0.0,
-                         x_raw.numpy(), y_raw.numpy())
+    post = brn.Posterior(model=model, draws=prior, stats={}, method=brn.NUTS(),
+                         x_scaler=x_scaler, y_scaler=y_scaler, seed=seed, fit_seconds=0.0,
+                         x_train=x_raw.numpy(), y_train=y_raw.numpy())
     x_std = x_scaler.transform(torch.as_tensor(x_test, dtype=torch.float64))
     flat = {k: v[0] for k, v in prior.items()}  # (draws, *site_shape)
     user = PyroUserResNet(x_std.shape[1], problem.net.width, problem.net.depth, problem.phi)

@@ -1092,7 +1092,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 def nuts_settings(args: argparse.Namespace) -> dict[str, Any]:
     """``NUTS(...)`` keyword arguments from the command line."""
-    settings = {"num_samples": args.nuts_samples, "warmup": args.nuts_warmup,
+    settings = {"num_samples": args.nuts_samples, "num_warmup": args.nuts_warmup,
                 "chains": args.nuts_chains, "max_tree_depth": args.nuts_max_tree_depth,
                 "target_accept": args.nuts_target_accept, "init": args.nuts_init,
                 "init_steps": args.nuts_init_steps, **_options(args.nuts_option)}
@@ -1105,7 +1105,7 @@ def mclmc_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.mclmc_steps % args.mclmc_thinning:
         raise SystemExit("--mclmc-steps must be a multiple of --mclmc-thinning")
     settings = {"num_samples": args.mclmc_steps // args.mclmc_thinning,
-                "thinning": args.mclmc_thinning, "tune_steps": args.mclmc_tune_steps,
+                "thinning": args.mclmc_thinning, "num_warmup": args.mclmc_num_warmup,
                 "chains": args.chains, "init_steps": args.init_steps,
                 **_options(args.mclmc_option)}
     return {k: v for k, v in settings.items() if v is not None}

@@ -56,7 +56,7 @@ def one_thread() -> Iterator[None]:
 def four_methods(fast: bool) -> dict[str, brn.inference.InferenceMethod]:
     """NUTS, mean-field VI, low-rank VI and a deep ensemble, full or reduced settings."""
     if fast:
-        return {"NUTS": brn.NUTS(num_samples=40, warmup=40, chains=2, max_tree_depth=5,
+        return {"NUTS": brn.NUTS(num_samples=40, num_warmup=40, chains=2, max_tree_depth=5,
                                  init_steps=100),
                 "mean-field VI": brn.MeanField(steps=300, num_draws=200),
                 "low-rank VI": brn.LowRank(steps=300, num_draws=200),
@@ -67,7 +67,7 @@ def four_methods(fast: bool) -> dict[str, brn.inference.InferenceMethod]:
     # Trimmed after timing (NUTS trees hit the cap on nearly every iteration): 200 + 200
     # iterations at depth 7 cost 324 s of NUTS alone in toy_cubic.py on an idle core; these
     # settings run toy_cubic.py in 266 s and toy_gap.py in 239 s.
-    return {"NUTS": brn.NUTS(num_samples=150, warmup=150, chains=4, max_tree_depth=6),
+    return {"NUTS": brn.NUTS(num_samples=150, num_warmup=150, chains=4, max_tree_depth=6),
             "mean-field VI": brn.MeanField(steps=3000, num_draws=1000),
             "low-rank VI": brn.LowRank(steps=3000, num_draws=1000),
             "ensemble": brn.Ensemble(members=8, steps=2000)}

@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     net = brn.ResNet(in_dim=1, out_dim=1, width=10, depth=8, basis=brn.Linear())
     model = brn.BayesianResNet(net)
     if args.fast:
-        methods = {"NUTS": brn.NUTS(num_samples=8, warmup=8, chains=4, chains_per_unit=2,
+        methods = {"NUTS": brn.NUTS(num_samples=8, num_warmup=8, chains=4, chains_per_unit=2,
                                     max_tree_depth=3, init_steps=30),
                    "ensemble": brn.Ensemble(members=4, members_per_unit=2, steps=50)}
     else:
-        methods = {"NUTS": brn.NUTS(num_samples=200, warmup=200, chains=8, chains_per_unit=2,
+        methods = {"NUTS": brn.NUTS(num_samples=200, num_warmup=200, chains=8, chains_per_unit=2,
                                     max_tree_depth=7),
                    "ensemble": brn.Ensemble(members=8, members_per_unit=4, steps=3000)}
 

@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     x, y = brn.data.cubic(20, seed=args.seed)
     x_test = np.linspace(-4.5, 4.5, 50)[:, None]
-    nuts = (brn.NUTS(num_samples=30, warmup=30, chains=2, max_tree_depth=4, init_steps=50)
-            if args.fast else brn.NUTS(num_samples=100, warmup=100, chains=4, max_tree_depth=6))
+    nuts = (brn.NUTS(num_samples=30, num_warmup=30, chains=2, max_tree_depth=4, init_steps=50)
+            if args.fast else brn.NUTS(num_samples=100, num_warmup=100, chains=4, max_tree_depth=6))
     width, depth = (6, 4) if args.fast else (8, 8)
     results = {}
     with one_thread():

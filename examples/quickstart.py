@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     net = brn.ResNet(in_dim=1, out_dim=1, width=10, depth=8, basis=brn.Linear())
     model = brn.BayesianResNet(net, prior=brn.priors.Normal(1.0),
                                likelihood=brn.likelihoods.Gaussian())
-    nuts = (brn.NUTS(num_samples=40, warmup=40, chains=2, max_tree_depth=5, init_steps=100)
-            if args.fast else brn.NUTS(num_samples=150, warmup=150, chains=4, max_tree_depth=7))
+    nuts = (brn.NUTS(num_samples=40, num_warmup=40, chains=2, max_tree_depth=5, init_steps=100)
+            if args.fast else brn.NUTS(num_samples=150, num_warmup=150, chains=4, max_tree_depth=7))
 
     with one_thread():
         post = brn.fit(model, x, y, method=nuts, seed=args.seed, progress=not args.fast)

@@ -63,13 +63,13 @@ def data_root(given: Path | None) -> Path | None:
 def method_for(name: str, fast: bool) -> brn.inference.InferenceMethod:
     if fast:
         return {"ensemble": brn.Ensemble(members=4, steps=300),
-                "nuts": brn.NUTS(num_samples=20, warmup=20, chains=2, max_tree_depth=4,
+                "nuts": brn.NUTS(num_samples=20, num_warmup=20, chains=2, max_tree_depth=4,
                                  init_steps=100),
                 "meanfield": brn.MeanField(steps=300, num_draws=200),
                 "lowrank": brn.LowRank(steps=300, num_draws=200),
                 "map": brn.MAP(steps=300)}[name]
     return {"ensemble": brn.Ensemble(members=8, steps=4000),
-            "nuts": brn.NUTS(num_samples=500, warmup=500, chains=4),
+            "nuts": brn.NUTS(num_samples=500, num_warmup=500, chains=4),
             "meanfield": brn.MeanField(steps=10000, num_draws=1000),
             "lowrank": brn.LowRank(steps=10000, num_draws=1000),
             "map": brn.MAP(steps=4000)}[name]

@@ -121,7 +121,7 @@ def test_summary_lists_identifiable_quantities_by_default(one_output):
 @pytest.mark.parametrize(("method", "kind"), [
     (brn.MAP(steps=30), "optimization"), (brn.Ensemble(members=3, steps=30), "ensemble"),
     (brn.MeanField(steps=30, num_draws=10), "variational"),
-    (brn.NUTS(num_samples=5, warmup=5, chains=2, max_tree_depth=2), "mcmc")])
+    (brn.NUTS(num_samples=5, num_warmup=5, chains=2, max_tree_depth=2), "mcmc")])
 def test_every_group_says_what_kind_of_draws_it_holds(method, kind):
     x, y = brn.data.cubic(12, seed=0)
     model = brn.BayesianResNet(brn.ResNet(1, 1, width=2, depth=2, basis=brn.Constant()))
@@ -163,7 +163,7 @@ def test_prediction_to_xarray_has_chains_points_inputs_and_names(two_outputs):
 def test_prediction_to_xarray_keeps_nuts_chains():
     x, y = brn.data.cubic(12, seed=0)
     model = brn.BayesianResNet(brn.ResNet(1, 1, width=2, depth=2, basis=brn.Constant()))
-    post = brn.fit(model, x, y, method=brn.NUTS(num_samples=6, warmup=5, chains=3,
+    post = brn.fit(model, x, y, method=brn.NUTS(num_samples=6, num_warmup=5, chains=3,
                                                max_tree_depth=2),
                    seed=0, progress=False, check=False)
     ds = post.predict(x[:4]).to_xarray()

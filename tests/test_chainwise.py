@@ -73,8 +73,9 @@ def make_posterior(model, data, values, method, stats=None):
     x, y = data
     chains, draws = next(iter(values.values())).shape[:2]
     stats = healthy_stats(chains, draws) if stats is None else stats
-    return Posterior(model, values, stats, method, Standardizer().fit(x), Standardizer().fit(y),
-                     0, 1.0, x, y)
+    return Posterior(model=model, draws=values, stats=stats, method=method,
+                     x_scaler=Standardizer().fit(x), y_scaler=Standardizer().fit(y), seed=0,
+                     fit_seconds=1.0, x_train=x, y_train=y)
 
 
 # ---------------------------------------------------------------------------------- the hook

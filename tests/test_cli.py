@@ -235,9 +235,9 @@ def test_read_table_header_detection(tmp_path):
 
 
 def test_demo_end_to_end_with_tiny_settings(monkeypatch, tmp_path, capsys):
-    tiny = {"nuts": {"num_samples": 10, "warmup": 10, "chains": 2, "max_tree_depth": 3,
+    tiny = {"nuts": {"num_samples": 10, "num_warmup": 10, "chains": 2, "max_tree_depth": 3,
                      "init_steps": 20},
-            "mclmc": {"num_samples": 10, "thinning": 2, "tune_steps": 20, "chains": 2,
+            "mclmc": {"num_samples": 10, "thinning": 2, "num_warmup": 20, "chains": 2,
                       "init_steps": 20},
             "meanfield": {"steps": 30, "num_draws": 40},
             "lowrank": {"steps": 30, "num_draws": 40},

@@ -62,8 +62,9 @@ def iid_posterior(model, data, name="nuts", chains=4, draws=500, seed=0, stats=N
         stats = {"diverging": np.zeros(size, bool), "reached_max_tree_depth": np.zeros(size, bool),
                  "energy": rng.normal(size=size), "tree_depth": np.full(size, 3)}
     method = NUTS(init="prior") if name == "nuts" else METHODS[name]()
-    return Posterior(model, values, stats or {}, method, Standardizer().fit(x),
-                     Standardizer().fit(y), seed, 1.0, x, y)
+    return Posterior(model=model, draws=values, stats=stats or {}, method=method,
+                     x_scaler=Standardizer().fit(x), y_scaler=Standardizer().fit(y), seed=seed,
+                     fit_seconds=1.0, x_train=x, y_train=y)
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -267,7 +268,7 @@ def test_each_nuts_failure_is_caught(model, data):
 
 def test_broken_nuts_run_fails(model, data):
     """10 warmup steps and trees of at most 3 leapfrog steps on the cubic toy."""
-    method = NUTS(num_samples=40, warmup=10, chains=2, max_tree_depth=2, init_steps=10)
+    method = NUTS(num_samples=40, num_warmup=10, chains=2, max_tree_depth=2, init_steps=10)
     post = fit(model, *data, method, seed=0, progress=False)
     diag = post.diagnose()
     assert not diag.ok
@@ -290,7 +291,7 @@ def test_healthy_nuts_run_passes():
     """
     x, y = brn.data.sine(30, seed=0)
     net = brn.ResNet(1, 1, width=1, depth=2, basis=brn.Constant(), activation="identity")
-    post = fit(brn.BayesianResNet(net), x, y, NUTS(num_samples=400, warmup=400, chains=4),
+    post = fit(brn.BayesianResNet(net), x, y, NUTS(num_samples=400, num_warmup=400, chains=4),
                seed=0, progress=False)
     diag = post.diagnose()
     assert diag.ok, str(diag)
@@ -355,8 +356,9 @@ def ensemble_posterior(model, data, spread, name="ensemble", members=6):
     steps = np.arange(500)[:, None]
     loss = 10 + 100 * np.exp(-steps / 30) + np.zeros((1, members))
     stats = {"loss": loss, "final_loss": loss[-1], "log_joint": np.zeros((1, members))}
-    return Posterior(model, values, stats, METHODS[name](), Standardizer().fit(x),
-                     Standardizer().fit(y), 0, 1.0, x, y)
+    return Posterior(model=model, draws=values, stats=stats, method=METHODS[name](),
+                     x_scaler=Standardizer().fit(x), y_scaler=Standardizer().fit(y), seed=0,
+                     fit_seconds=1.0, x_train=x, y_train=y)
 
 
 def test_ensemble_collapse_is_flagged(model, data):

@@ -32,7 +32,7 @@ from distributed.cfexecutor import ClientExecutor  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny runs: the point is bit-for-bit agreement, not good posteriors.
-NUTS_FAST = {"num_samples": 6, "warmup": 6, "max_tree_depth": 3, "init_steps": 20}
+NUTS_FAST = {"num_samples": 6, "num_warmup": 6, "max_tree_depth": 3, "init_steps": 20}
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_grouped_members_equal_one_batch_up_to_rounding(toy):
     brn.NUTS(chains=2, backend="pyro", **NUTS_FAST),
     brn.Ensemble(members=5, members_per_unit=2, steps=30, batch_size=7, anchored=True),
     brn.MeanField(steps=20, num_draws=10),
-    brn.MCLMC(chains=3, chains_per_unit=2, num_samples=5, thinning=2, tune_steps=20,
+    brn.MCLMC(chains=3, chains_per_unit=2, num_samples=5, thinning=2, num_warmup=20,
               init_steps=10),
 ], ids=["nuts-vectorized", "nuts-pyro", "ensemble", "meanfield", "mclmc"])
 def test_dask_fit_equals_local_fit(toy, client, method):
@@ -267,7 +267,7 @@ def _tiny_config(default_config) -> dict:
         "ensemble": {"members": 2, "steps": 15, "lr": 0.05},
         "meanfield": {"steps": 15, "lr": 0.05, "num_particles": 1, "num_draws": 20},
         "lowrank": {"steps": 15, "lr": 0.05, "num_particles": 1, "num_draws": 20, "rank": 2},
-        "nuts": {"num_samples": 6, "warmup": 6, "chains": 2, "max_tree_depth": 2,
+        "nuts": {"num_samples": 6, "num_warmup": 6, "chains": 2, "max_tree_depth": 2,
                  "init_steps": 10, "backend": "vectorized"},
     }
     return config

@@ -329,8 +329,9 @@ def _synthetic_posterior(model, x, y, members, noise):
     loss = 10 + 100 * np.exp(-steps / 30) + np.zeros((1, noise.shape[1]))
     draws = {**members, "noise": noise}
     stats = {"loss": loss, "final_loss": loss[-1], "log_joint": np.zeros((1, loss.shape[1]))}
-    return Posterior(model, draws, stats, Ensemble(), identity, identity, 0, 1.0,
-                     x.numpy(), y.numpy())
+    return Posterior(model=model, draws=draws, stats=stats, method=Ensemble(), x_scaler=identity,
+                     y_scaler=identity, seed=0, fit_seconds=1.0, x_train=x.numpy(),
+                     y_train=y.numpy())
 
 
 @pytest.fixture(scope="module")
@@ -439,9 +440,10 @@ def test_loo_pit_check_is_skipped_where_it_does_not_apply(frozen, monkeypatch):
     values = {k: v[0] for k, v in hetero.sample_prior(0, (1, 2)).items()}
     identity = Standardizer(mean=[0.0], std=[1.0])
     loss = np.zeros((50, 2)) + 1.0
-    post = Posterior(hetero, {k: v.unsqueeze(0) for k, v in values.items()},
-                     {"loss": loss, "final_loss": loss[-1]}, Ensemble(), identity, identity, 0,
-                     1.0, x.numpy(), y.numpy())
+    post = Posterior(model=hetero, draws={k: v.unsqueeze(0) for k, v in values.items()},
+                     stats={"loss": loss, "final_loss": loss[-1]}, method=Ensemble(),
+                     x_scaler=identity, y_scaler=identity, seed=0, fit_seconds=1.0,
+                     x_train=x.numpy(), y_train=y.numpy())
     diag = diagnose(post)
     assert CHECK not in list(diag.table["check"])
     assert any("heteroscedastic" in note for note in diag.notes)

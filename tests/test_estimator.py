@@ -333,7 +333,7 @@ def test_sklearn_estimator_checks(estimator, check):
 
 
 CHECK_CONFIGS = {
-    "nuts": {"method": "nuts", "method_params": {"num_samples": 10, "warmup": 10, "chains": 2,
+    "nuts": {"method": "nuts", "method_params": {"num_samples": 10, "num_warmup": 10, "chains": 2,
                                                  "max_tree_depth": 3, "init_steps": 100}},
     "meanfield": {"method": "meanfield", "method_params": {"steps": 100, "num_draws": 20,
                                                            "init": "map", "init_steps": 100}},

@@ -80,7 +80,8 @@ def synthetic(model, name, x, y, seed=0, shape=None):
     extra = {"note": "synthetic", "initial_position": torch.randn(chains, model.dim,
                                                                   dtype=torch.float64),
              "nested": {"pair": (1, 2.5), "flags": np.array([True, False])}}
-    return Posterior(model, values, stats, METHODS[name](), xs, ys, seed, 1.25, x, y,
+    return Posterior(model=model, draws=values, stats=stats, method=METHODS[name](), x_scaler=xs,
+                     y_scaler=ys, seed=seed, fit_seconds=1.25, x_train=x, y_train=y,
                      extra=extra)
 
 
@@ -98,12 +99,12 @@ def posts(data):
 
 # Real fits with tiny settings, made once per module and only for the tests that ask for them.
 TINY = {
-    "nuts": lambda: NUTS(num_samples=10, warmup=10, chains=2, max_tree_depth=2, init_steps=10),
+    "nuts": lambda: NUTS(num_samples=10, num_warmup=10, chains=2, max_tree_depth=2, init_steps=10),
     "meanfield": lambda: MeanField(steps=30, num_draws=40, num_particles=1),
     "lowrank": lambda: LowRank(steps=30, num_draws=40, num_particles=1),
     "ensemble": lambda: Ensemble(members=3, steps=20),
     "map": lambda: MAP(steps=20),
-    "mclmc": lambda: MCLMC(num_samples=10, thinning=2, tune_steps=20, chains=2, init_steps=10),
+    "mclmc": lambda: MCLMC(num_samples=10, thinning=2, num_warmup=20, chains=2, init_steps=10),
 }
 
 

@@ -26,7 +26,8 @@ from hypothesis.extra import numpy as hnp
 import bayesresnet as brn
 from bayesresnet import fileformat
 from bayesresnet.data import cubic
-from bayesresnet.fileformat import PosteriorFileError, load
+from bayesresnet.fileformat import PosteriorFileError
+from bayesresnet.posterior import load
 
 # method="thread": a test stuck inside libhdf5 (C code, deaf to signals) still ends.
 pytestmark = [pytest.mark.arviz, pytest.mark.timeout(120, method="thread")]
@@ -339,7 +340,7 @@ def test_a_global_heap_that_would_hang_libhdf5_is_refused(run, tmp_path):
         start = raw.find(b"GCOL", start + 1)
     path = tmp_path / "heap.nc"
     path.write_bytes(raw)
-    code = ("import sys\nfrom bayesresnet.fileformat import PosteriorFileError, load\n"
+    code = ("import sys\nfrom bayesresnet import PosteriorFileError, load\n"
             "try:\n    load(sys.argv[1])\nexcept PosteriorFileError as err:\n"
             "    print('refused:', err)\n")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,

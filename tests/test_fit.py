@@ -20,9 +20,9 @@ FAST = {
     "ensemble": lambda: brn.Ensemble(members=3, steps=50),
     "meanfield": lambda: brn.MeanField(steps=50, num_draws=20),
     "lowrank": lambda: brn.LowRank(steps=50, num_draws=20),
-    "nuts": lambda: brn.NUTS(num_samples=10, warmup=10, chains=2, init_steps=20,
+    "nuts": lambda: brn.NUTS(num_samples=10, num_warmup=10, chains=2, init_steps=20,
                              max_tree_depth=4),
-    "mclmc": lambda: brn.MCLMC(num_samples=10, thinning=2, tune_steps=20, chains=2,
+    "mclmc": lambda: brn.MCLMC(num_samples=10, thinning=2, num_warmup=20, chains=2,
                                init_steps=20),
 }
 
@@ -118,6 +118,6 @@ def test_predict_validates_and_returns_original_units(toy):
 
 def test_fit_warns_when_diagnostics_fail(toy):
     model, x, y = toy
-    broken = brn.NUTS(num_samples=20, warmup=5, chains=2, max_tree_depth=2, init="prior")
+    broken = brn.NUTS(num_samples=20, num_warmup=5, chains=2, max_tree_depth=2, init="prior")
     with pytest.warns(brn.ConvergenceWarning):
         brn.fit(model, x, y, method=broken, seed=0, progress=False)

@@ -200,7 +200,7 @@ def test_badly_scaled_100d_gaussian_moments():
     # 4000 tuning steps: the preconditioner's moments (second half of phase 2, 600 steps)
     # must see the widest coordinates move for the chains to mix in them within the run,
     # which the ESS-based error bars below assume.
-    method = MCLMC(num_samples=1000, thinning=4, tune_steps=4000, chains=4)
+    method = MCLMC(num_samples=1000, thinning=4, num_warmup=4000, chains=4)
     draws, stats_, extra = sample(_gaussian(scales), z0, generator, method)
     truth = scales.numpy() ** 2
     # Energy-error variance 5e-4 per dimension biases a Gaussian's variances by about 1%
@@ -213,7 +213,7 @@ def test_badly_scaled_100d_gaussian_moments():
 def test_banana_moments():
     generator = torch.Generator().manual_seed(8)
     z0 = torch.randn(4, 2, generator=generator, dtype=torch.float64)
-    method = MCLMC(num_samples=2000, thinning=5, tune_steps=2000, chains=4)
+    method = MCLMC(num_samples=2000, thinning=5, num_warmup=2000, chains=4)
     draws, _, _ = sample(_banana, z0, generator, method)
     _moments_agree(draws.numpy(), np.zeros(2), np.array([1.0, 3.0]), bias=0.05)
 
@@ -254,7 +254,7 @@ def toy():
     return model, x, y
 
 
-FAST = {"num_samples": 20, "thinning": 2, "tune_steps": 40, "chains": 3, "init_steps": 20}
+FAST = {"num_samples": 20, "thinning": 2, "num_warmup": 40, "chains": 3, "init_steps": 20}
 
 
 def _fit(toy, method, seed=0, **kwargs):
@@ -299,7 +299,7 @@ def test_thread_pool_fit_equals_local_fit(toy):
 @pytest.mark.parametrize("settings, match", [
     ({"num_samples": 0}, "num_samples must be a positive integer"),
     ({"thinning": 1.5}, "thinning must be a positive integer"),
-    ({"tune_steps": 5}, "tune_steps must be an integer of at least 10"),
+    ({"num_warmup": 5}, "num_warmup must be an integer of at least 10"),
     ({"desired_energy_variance": -1.0}, "desired_energy_variance must be a positive number"),
     ({"decoherence_factor": math.nan}, "decoherence_factor must be a positive number"),
     ({"integrator": "euler"}, "unknown integrator 'euler'"),

@@ -49,7 +49,7 @@ def _network_output(backend: str) -> np.ndarray:
     x, y = brn.data.cubic(20, seed=1)
     net = brn.ResNet(1, 1, width=3, depth=2, basis=brn.Constant(), activation="tanh")
     model = brn.BayesianResNet(net, likelihood=brn.likelihoods.Gaussian(noise=0.7))
-    method = brn.NUTS(num_samples=SAMPLES, warmup=WARMUP, chains=CHAINS, max_tree_depth=4,
+    method = brn.NUTS(num_samples=SAMPLES, num_warmup=WARMUP, chains=CHAINS, max_tree_depth=4,
                       init_steps=200, backend=backend)
     post = brn.fit(model, x, y, method=method, seed=0, progress=False, check=False)
     f = post.predict(X_TEST).f_samples[..., 0]  # draws in chain-major order

@@ -93,7 +93,7 @@ def test_compiled_run_matches_eager_run_on_a_resnet(monkeypatch):
     x, y = brn.data.cubic(12, seed=0)
     net = brn.ResNet(in_dim=1, out_dim=1, width=3, depth=2, basis="linear")
     model = brn.BayesianResNet(net)
-    settings = dict(num_samples=4, warmup=4, chains=2, max_tree_depth=3, init_steps=20)
+    settings = dict(num_samples=4, num_warmup=4, chains=2, max_tree_depth=3, init_steps=20)
     eager = brn.fit(model, x, y, method=brn.NUTS(**settings, compile_after=None), seed=0,
                     progress=False, check=False)
     assert not switches

@@ -95,7 +95,7 @@ def toy_run(request):
     x, y = _toy_data()
     # max_tree_depth=4 caps a transition at 15 leapfrog steps: enough to exercise the
     # statistics (including saturated trees) at a small cost.
-    method = NUTS(num_samples=20, warmup=30, chains=2, max_tree_depth=4, init_steps=100,
+    method = NUTS(num_samples=20, num_warmup=30, chains=2, max_tree_depth=4, init_steps=100,
                   backend=request.param)
     rng_before = torch.get_rng_state()
     result = method.run(model, x, y, seed=3, progress=False)
@@ -151,7 +151,7 @@ def test_global_rng_untouched(toy_run):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_draws(backend):
     model, (x, y) = _toy_model(), _toy_data()
-    method = NUTS(num_samples=10, warmup=10, chains=2, max_tree_depth=3, init_steps=20,
+    method = NUTS(num_samples=10, num_warmup=10, chains=2, max_tree_depth=3, init_steps=20,
                   backend=backend)
     first = method.run(model, x, y, seed=3, progress=False)
     torch.manual_seed(12345)  # the global RNG state must not matter
@@ -166,7 +166,7 @@ def test_same_seed_same_draws(backend):
 
 def test_no_warmup_runs():
     model, (x, y) = _toy_model(), _toy_data()
-    method = NUTS(num_samples=5, warmup=0, chains=1, max_tree_depth=3, init="prior",
+    method = NUTS(num_samples=5, num_warmup=0, chains=1, max_tree_depth=3, init="prior",
                   backend="pyro")
     result = method.run(model, x, y, seed=0, progress=False)
     assert result.draws["noise"].shape == (1, 5, 1)
@@ -211,8 +211,8 @@ def test_network_starts_are_the_network_initializations():
 @pytest.mark.parametrize("kwargs, match", [
     ({"chains": 0}, "chains"),
     ({"num_samples": 0}, "num_samples"),
-    ({"warmup": -1}, "warmup"),
-    ({"warmup": 1.5}, "warmup"),
+    ({"num_warmup": -1}, "num_warmup"),
+    ({"num_warmup": 1.5}, "num_warmup"),
     ({"target_accept": 0.0}, "target_accept"),
     ({"target_accept": 1.0}, "target_accept"),
     ({"max_tree_depth": 0}, "max_tree_depth"),
@@ -280,7 +280,7 @@ def _compare_predictives(chains, warmup, samples, k):
     reference = _reference_pyro_nuts(model, x, y, chains, warmup, samples, 5)
     f_ref = _predictive_f(model, reference)
     for backend in BACKENDS:
-        method = NUTS(num_samples=samples, warmup=warmup, chains=chains, max_tree_depth=8,
+        method = NUTS(num_samples=samples, num_warmup=warmup, chains=chains, max_tree_depth=8,
                       init_steps=100, backend=backend)
         f_ours = _predictive_f(model, method.run(model, x, y, seed=5, progress=False).draws)
         for p in range(X_TEST.shape[0]):

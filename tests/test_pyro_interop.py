@@ -97,7 +97,7 @@ def test_mcmc_samples_become_the_posteriors_draws(problem, mcmc):
     assert (post.num_chains, post.num_draws) == (2, NUM_DRAWS)
     for name in model.latent_sites:
         torch.testing.assert_close(post.draws[name], samples[name], rtol=0, atol=0)
-    assert post.method == PyroMCMC(num_chains=2, num_samples=NUM_DRAWS)
+    assert post.method == PyroMCMC(chains=2, num_samples=NUM_DRAWS)
     assert post.method.kind == "mcmc" and post.seed == 5 and post.fit_seconds == 0.0
     np.testing.assert_array_equal(post.x_train, x)
     np.testing.assert_array_equal(post.y_train[:, 0], y)
@@ -201,7 +201,7 @@ def test_guide_draws_are_reproducible_and_leave_global_state_alone(problem, fitt
         before = {name: (value, value.detach().clone())
                   for name, value in store.get_state()["params"].items()}
         rng = torch.get_rng_state()
-        post = from_pyro(model, x, y, guide=guide, num_samples=200, seed=3,
+        post = from_pyro(model, x, y, guide=guide, num_draws=200, seed=3,
                          stats={"loss": losses}, check=False)
         assert torch.equal(torch.get_rng_state(), rng)
         assert set(store.keys()) == set(before)
@@ -209,14 +209,14 @@ def test_guide_draws_are_reproducible_and_leave_global_state_alone(problem, fitt
         for name, (tensor, value) in before.items():
             assert after[name] is tensor  # the same (unconstrained) tensors, unchanged
             torch.testing.assert_close(tensor.detach(), value, rtol=0, atol=0)
-    again = from_pyro(model, x, y, guide=guide, num_samples=200, seed=3, check=False)
-    other = from_pyro(model, x, y, guide=guide, num_samples=200, seed=4, check=False)
+    again = from_pyro(model, x, y, guide=guide, num_draws=200, seed=3, check=False)
+    other = from_pyro(model, x, y, guide=guide, num_draws=200, seed=4, check=False)
     assert not list(store.keys())  # the guide's parameters were not left in the empty store
     for name in model.latent_sites:
         torch.testing.assert_close(post.draws[name], again.draws[name], rtol=0, atol=0)
     assert not torch.equal(post.draws["W_coef"], other.draws["W_coef"])
     assert (post.num_chains, post.num_draws) == (1, 200)
-    assert post.method == PyroGuide(guide="AutoNormal", num_samples=200, parallel=True)
+    assert post.method == PyroGuide(guide="AutoNormal", num_draws=200, parallel=True)
     assert post.method.kind == "variational" and post.seed == 3 and post.fit_seconds > 0
     np.testing.assert_allclose(post.stats["elbo"], -np.asarray(losses))
     assert set(post.extra["guide_params"]) == {f"AutoNormal.{kind}.{name}" for name in
@@ -227,7 +227,7 @@ def test_guide_draws_are_reproducible_and_leave_global_state_alone(problem, fitt
     lj = model.log_joint({k: v[0] for k, v in post.draws.items()}, x_std, y_std)
     np.testing.assert_allclose(post.stats["log_joint"][0], lj.numpy(), rtol=1e-12)
     # drawn one at a time: other draws, the same density
-    serial = from_pyro(model, x, y, guide=guide, num_samples=5, parallel=False, check=False)
+    serial = from_pyro(model, x, y, guide=guide, num_draws=5, parallel=False, check=False)
     assert serial.num_draws == 5 and not serial.method.parallel
     np.testing.assert_allclose(serial.stats["log_q"][0],
                                _autonormal_log_q(guide, model, serial.draws).numpy(), rtol=1e-10)
@@ -250,16 +250,16 @@ def test_function_guides_and_unfitted_guides(problem):
     store = pyro.get_param_store()
     with store.scope():
         with pytest.raises(ValueError, match="not been fitted"):
-            from_pyro(model, x, y, guide=guide, num_samples=4, check=False)
+            from_pyro(model, x, y, guide=guide, num_draws=4, check=False)
         assert not list(store.keys())
         with torch.no_grad():
             guide(x_std, y_std)  # its parameters are now in the store
-        post = from_pyro(model, x, y, guide=guide, num_samples=30, check=False)
+        post = from_pyro(model, x, y, guide=guide, num_draws=30, check=False)
         assert post.method.guide == "guide" and post.stats["log_q"].shape == (1, 30)
-        serial = from_pyro(model, x, y, guide=guide, num_samples=3, parallel=False, check=False)
+        serial = from_pyro(model, x, y, guide=guide, num_draws=3, parallel=False, check=False)
         assert serial.stats["log_q"].shape == (1, 3)
         # a non-auxiliary site beyond the model's latents: q's density of the latents is unknown
-        wider = from_pyro(model, x, y, guide=lambda *a: guide(*a, extra=True), num_samples=30,
+        wider = from_pyro(model, x, y, guide=lambda *a: guide(*a, extra=True), num_draws=30,
                           check=False)
         assert "log_q" not in wider.stats
         assert any("k-hat check skipped" in note for note in wider.diagnose().notes)
@@ -274,7 +274,7 @@ def test_both_kinds_save_load_export_and_diagnose(problem, mcmc, fitted_guide, t
     posts = {
         "mcmc": from_pyro(model, x, y, samples=mcmc.get_samples(group_by_chain=True),
                           stats=mcmc.diagnostics(), check=False),
-        "variational": from_pyro(model, x, y, guide=guide, num_samples=50,
+        "variational": from_pyro(model, x, y, guide=guide, num_draws=50,
                                  stats={"loss": losses}, check=False),
     }
     x_new = np.linspace(-3, 3, 5)[:, None]
@@ -355,7 +355,7 @@ def test_invalid_samples_name_the_problem(problem, mcmc):
         (dict(samples={k: v[:, :0] for k, v in good.items()}), "no draws"),
         (dict(), "exactly one of samples= .* and guide="),
         (dict(samples=good, guide=lambda *a: None), "exactly one"),
-        (dict(samples=good, num_samples=10), "num_samples applies to guide="),
+        (dict(samples=good, num_draws=10), "num_draws applies to guide="),
         (dict(samples=good, stats={"divergent": np.zeros((2, NUM_DRAWS))}),
          r"stats\['divergent'\] is not a per-draw statistic"),
         (dict(samples=good, stats={"energy": np.zeros((2, 3))}), r"stats\['energy'\] has shape"),
@@ -366,7 +366,7 @@ def test_invalid_samples_name_the_problem(problem, mcmc):
         (dict(samples=good, seed=-1), "seed"),
         (dict(samples=good, standardize="yes"), "standardize"),
         (dict(guide="not callable"), "callable"),
-        (dict(guide=lambda *a: None, num_samples=0), "num_samples"),
+        (dict(guide=lambda *a: None, num_draws=0), "num_draws"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -382,10 +382,10 @@ def test_invalid_guide_stats_and_wrong_guides(problem, fitted_guide):
         from_pyro(model, x, y, guide=guide, stats={"loss": losses, "elbo": losses}, check=False)
     other = brn.BayesianResNet(brn.ResNet(1, 1, width=3, depth=2, basis=brn.Cubic()))
     with pytest.raises(ValueError, match="guide of this model"):
-        from_pyro(other, x, y, guide=guide, num_samples=3, check=False)
+        from_pyro(other, x, y, guide=guide, num_draws=3, check=False)
 
     def partial_guide(x, y=None):
         pyro.sample("noise", dist.HalfNormal(torch.ones(1, dtype=torch.float64)).to_event(1))
 
     with pytest.raises(ValueError, match="does not sample latent site"):
-        from_pyro(model, x, y, guide=partial_guide, num_samples=3, check=False)
+        from_pyro(model, x, y, guide=partial_guide, num_draws=3, check=False)

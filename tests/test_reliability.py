@@ -78,7 +78,7 @@ CONCURRENT = [
     (lambda: brn.MeanField(steps=40, num_draws=5, backend="pyro"), 0),
     (lambda: brn.MeanField(steps=40, num_draws=5, backend="pyro"), 1),
     (lambda: brn.MAP(steps=150), 2),
-    (lambda: brn.NUTS(num_samples=4, warmup=4, chains=2, init_steps=10, max_tree_depth=3,
+    (lambda: brn.NUTS(num_samples=4, num_warmup=4, chains=2, init_steps=10, max_tree_depth=3,
                       backend="pyro"), 3),
     (lambda: brn.LowRank(rank=2, steps=40, num_draws=5, backend="pyro"), 4),
     (lambda: brn.MeanField(steps=40, num_draws=5), 5),
@@ -142,7 +142,7 @@ def test_vectorized_fits_do_not_use_the_global_torch_rng(toy):
     model, x, y = toy
     methods = [brn.MAP(steps=60), brn.Ensemble(members=2, steps=40),
                brn.MeanField(steps=40, num_draws=5), brn.LowRank(rank=2, steps=30, num_draws=5),
-               brn.NUTS(num_samples=4, warmup=4, chains=2, init_steps=10, max_tree_depth=3)]
+               brn.NUTS(num_samples=4, num_warmup=4, chains=2, init_steps=10, max_tree_depth=3)]
     reference = [_fit(model, x, y, method, 7) for method in methods]
     stop = threading.Event()
 
@@ -187,8 +187,8 @@ def test_fit_rejects_seeds_outside_the_range(toy, seed):
     lambda: brn.Ensemble(members=2, steps=3, anchored=True),
     lambda: brn.MeanField(steps=3, num_draws=3),
     lambda: brn.MeanField(steps=3, num_draws=3, backend="pyro"),
-    lambda: brn.NUTS(num_samples=2, warmup=2, chains=2, init="prior", max_tree_depth=2),
-    lambda: brn.NUTS(num_samples=2, warmup=2, chains=1, init_steps=2, max_tree_depth=2,
+    lambda: brn.NUTS(num_samples=2, num_warmup=2, chains=2, init="prior", max_tree_depth=2),
+    lambda: brn.NUTS(num_samples=2, num_warmup=2, chains=1, init_steps=2, max_tree_depth=2,
                      backend="pyro"),
 ])
 def test_the_largest_seed_works_end_to_end(toy, make):
@@ -223,7 +223,7 @@ def test_lower_level_entry_points_check_seeds(toy):
         lambda s: brn.MAP(steps=2).run(model, x_t, y_t, s, False),
         lambda s: brn.Ensemble(members=2, steps=2).plan(model, x_t, y_t, s),
         lambda s: brn.MeanField(steps=2, num_draws=2).run(model, x_t, y_t, s, False),
-        lambda s: brn.NUTS(num_samples=2, warmup=2, chains=1).plan(model, x_t, y_t, s),
+        lambda s: brn.NUTS(num_samples=2, num_warmup=2, chains=1).plan(model, x_t, y_t, s),
         lambda s: initial_positions(model, x_t, y_t, 1, s, init="network"),
         lambda s: sample_pyro(lambda v: -(v**2).sum(), z, 1, 1, s),
         lambda s: fit_flat_gaussian(lambda v: -(v**2).sum(-1), z[0], rank=None, init_scale=0.1,
@@ -247,8 +247,10 @@ def test_predict_and_flat_draws_reject_bad_seeds(map_post, vi_post, seed):
 
 def test_predict_rejects_a_posterior_seed_out_of_range(map_post):
     # E.g. a file written before seeds were checked.
-    post = Posterior(map_post.model, map_post.draws, {}, map_post.method, map_post.x_scaler,
-                     map_post.y_scaler, 2**64 - 1, 0.0, map_post.x_train, map_post.y_train)
+    post = Posterior(model=map_post.model, draws=map_post.draws, stats={},
+                     method=map_post.method, x_scaler=map_post.x_scaler,
+                     y_scaler=map_post.y_scaler, seed=2**64 - 1, fit_seconds=0.0,
+                     x_train=map_post.x_train, y_train=map_post.y_train)
     with pytest.raises(ValueError, match=r"Posterior\.seed"):
         post.predict(np.zeros(2))
     assert np.isfinite(post.predict(np.zeros(2), seed=4).samples).all()
@@ -327,8 +329,8 @@ def test_interval_and_quantile_accept_numpy_levels():
     (lambda: brn.MeanField(steps=2, num_draws=2), "num_draws", 0),
     (lambda: brn.LowRank(steps=2, num_draws=2), "rank", 0),
     (lambda: brn.MeanField(steps=2, num_draws=2), "backend", "jax"),
-    (lambda: brn.NUTS(num_samples=2, warmup=2, chains=1), "chains", 0),
-    (lambda: brn.NUTS(num_samples=2, warmup=2, chains=1), "target_accept", 1.0),
+    (lambda: brn.NUTS(num_samples=2, num_warmup=2, chains=1), "chains", 0),
+    (lambda: brn.NUTS(num_samples=2, num_warmup=2, chains=1), "target_accept", 1.0),
 ])
 def test_settings_changed_after_construction_are_checked_at_fit(toy, make, setting, value):
     model, x, y = toy
@@ -341,9 +343,10 @@ def test_settings_changed_after_construction_are_checked_at_fit(toy, make, setti
 def test_predict_raises_when_the_scaling_overflows(map_post):
     # Near the float64 limit: the predictive mean at x = 3 (about +1.5 in standardized units on
     # the cubic toy) is 1.7e308 + 1.5e308, which overflows.
-    huge = Posterior(map_post.model, map_post.draws, {}, map_post.method, map_post.x_scaler,
-                     Standardizer(np.full(1, 1.7e308), np.full(1, 1e308)), 0, 0.0,
-                     map_post.x_train, map_post.y_train)
+    huge = Posterior(model=map_post.model, draws=map_post.draws, stats={},
+                     method=map_post.method, x_scaler=map_post.x_scaler,
+                     y_scaler=Standardizer(np.full(1, 1.7e308), np.full(1, 1e308)), seed=0,
+                     fit_seconds=0.0, x_train=map_post.x_train, y_train=map_post.y_train)
     with pytest.raises(ValueError, match="overflow"):
         huge.predict(np.linspace(-3, 3, 5))
 

@@ -99,14 +99,14 @@ def _check_rows(bench, rows, tmp_path):
 def test_tiny_runs_and_report(bench, tiny, tmp_path):
     """Our samplers' rows and the report (the JAX samplers compile for 10-15 s each: the slow
     test below runs them)."""
-    nuts = bench.run_nuts(tiny, {"num_samples": 10, "warmup": 5, "chains": 2,
+    nuts = bench.run_nuts(tiny, {"num_samples": 10, "num_warmup": 5, "chains": 2,
                                  "max_tree_depth": 2, "init_steps": 5}, seed=0)
     # NUTS: the MAP start, then at most 2**depth - 1 = 3 leapfrog steps per iteration in
     # lock-step, plus the initial gradient and the step-size search of the warmup.
     assert 5 + 15 <= nuts.grads_per_chain <= 5 + 15 * 3 + 20
     runs = [nuts]
     if bench.mclmc_available():
-        mclmc = bench.run_mclmc(tiny, {"num_samples": 10, "thinning": 2, "tune_steps": 20,
+        mclmc = bench.run_mclmc(tiny, {"num_samples": 10, "thinning": 2, "num_warmup": 20,
                                        "chains": 2, "init_steps": 5}, seed=0)
         assert mclmc.grads_per_chain == 5 + 1 + 2 * (20 + 20)
         runs.append(mclmc)
@@ -120,7 +120,7 @@ def test_jax_tiny_runs(bench, tiny, tmp_path):
     # The MAP start, the initial gradient, two per step of tuning and sampling.
     assert blackjax.grads_per_chain == 5 + 1 + 2 * (20 + 20)
     if bench.mclmc_available():
-        mclmc = bench.run_mclmc(tiny, {"num_samples": 10, "thinning": 2, "tune_steps": 20,
+        mclmc = bench.run_mclmc(tiny, {"num_samples": 10, "thinning": 2, "num_warmup": 20,
                                        "chains": 2, "init_steps": 5}, seed=0)
         # Same starting points, same gradient budget.
         assert np.array_equal(np.asarray(mclmc.initial_position),

@@ -168,8 +168,9 @@ def make_posterior(problem, values=None, seed=0):
     model, x, y, default = problem
     values = default if values is None else values
     unit = Standardizer(np.zeros(1), np.ones(1))
-    return Posterior(model, {k: v.clone() for k, v in values.items()}, {}, NUTS(), unit, unit,
-                     seed, 1.0, x, y)
+    return Posterior(model=model, draws={k: v.clone() for k, v in values.items()}, stats={},
+                     method=NUTS(), x_scaler=unit, y_scaler=unit, seed=seed, fit_seconds=1.0,
+                     x_train=x, y_train=y)
 
 
 def test_the_chain_that_predicts_the_data_gets_the_weight(problem):

@@ -527,18 +527,20 @@ def test_diagnostics(toy, post):
     # SWAG optimizes no ELBO, so its diagnostics do not report one as missing; a VI run without
     # its ELBO history does.
     assert not any("elbo" in note for note in diag.notes)
-    vi_like = Posterior(post.model, post.draws, {k: v for k, v in post.stats.items()
-                                                 if k != "elbo"}, brn.MeanField(),
-                        post.x_scaler, post.y_scaler, post.seed, post.fit_seconds,
-                        post.x_train, post.y_train)
+    vi_like = Posterior(model=post.model, draws=post.draws,
+                        stats={k: v for k, v in post.stats.items() if k != "elbo"},
+                        method=brn.MeanField(), x_scaler=post.x_scaler, y_scaler=post.y_scaler,
+                        seed=post.seed, fit_seconds=post.fit_seconds, x_train=post.x_train,
+                        y_train=post.y_train)
     assert any("lack 'elbo'" in note for note in vi_like.diagnose().notes)
     # A SWA phase whose objective still climbs fails the stationarity check.
     steps = TINY["swa_steps"]
     drifting = dict(post.stats)
     drifting["swa_loss"] = np.linspace(100.0, 0.0, steps)[:, None] + \
         np.random.default_rng(0).normal(size=(steps, TINY["members"]))
-    moved = Posterior(post.model, post.draws, drifting, post.method, post.x_scaler,
-                      post.y_scaler, post.seed, post.fit_seconds, post.x_train, post.y_train,
+    moved = Posterior(model=post.model, draws=post.draws, stats=drifting, method=post.method,
+                      x_scaler=post.x_scaler, y_scaler=post.y_scaler, seed=post.seed,
+                      fit_seconds=post.fit_seconds, x_train=post.x_train, y_train=post.y_train,
                       extra=post.extra)
     own = Diagnostics("swag", (1, 1))
     post.method.add_checks(moved, own)

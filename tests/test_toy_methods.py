@@ -76,10 +76,10 @@ def _check_calibrated(post: brn.Posterior) -> None:
 
 NUTS_RUNS = {
     "small": ({"width": 4, "depth": 2},
-              {"num_samples": 500, "warmup": 300, "chains": 4, "max_tree_depth": 8,
+              {"num_samples": 500, "num_warmup": 300, "chains": 4, "max_tree_depth": 8,
                "target_accept": 0.95}),
     "large": ({"width": 6, "depth": 4},
-              {"num_samples": 500, "warmup": 500, "chains": 4, "max_tree_depth": 8}),
+              {"num_samples": 500, "num_warmup": 500, "chains": 4, "max_tree_depth": 8}),
 }
 
 

@@ -35,7 +35,7 @@ def tiny_config(bench, quick: bool = False) -> dict:
         "ensemble": {"members": 2, "steps": 15, "lr": 0.05},
         "meanfield": {"steps": 15, "lr": 0.05, "num_particles": 1, "num_draws": 20},
         "lowrank": {"steps": 15, "lr": 0.05, "num_particles": 1, "num_draws": 20, "rank": 2},
-        "nuts": {"num_samples": 6, "warmup": 6, "chains": 2, "max_tree_depth": 2,
+        "nuts": {"num_samples": 6, "num_warmup": 6, "chains": 2, "max_tree_depth": 2,
                  "init_steps": 10, "backend": "pyro"},
     }
     return config

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from abc import ABC, abstractmethod
+import warnings
+from abc import ABC, ABCMeta, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +32,7 @@ __all__ = [
     "check_positive_float",
     "check_positive_int",
     "check_seed",
+    "current_settings",
     "make_progress",
 ]
 
@@ -53,13 +57,95 @@ class MethodResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class InferenceMethod(ABC):
+def current_settings(cls: type, settings: Mapping[str, Any], *,
+                     warn: bool = False, stacklevel: int = 2) -> dict[str, Any]:
+    """``settings`` with the old names of renamed settings replaced by the current ones.
+
+    Parameters
+    ----------
+    cls : type
+        A method class; its :attr:`InferenceMethod.renamed_settings` (old name -> new name)
+        says what was renamed (none: ``settings`` come back as they are).
+    settings : mapping
+        Settings by name: constructor keywords, or stored settings (a run file's, a
+        benchmark record's).
+    warn : bool
+        Issue a :class:`DeprecationWarning` naming the new name for each old name used (for
+        code a user wrote; stored settings are mapped silently).
+    stacklevel : int
+        Passed to ``warnings.warn``.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    TypeError
+        When a setting is given under both its old and its new name.
+    """
+    renamed = getattr(cls, "renamed_settings", None) or {}
+    out = dict(settings)
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise TypeError(f"{cls.__name__}: {old!r} is the old name of {new!r}; give only "
+                            f"{new!r}")
+        if warn:
+            warnings.warn(f"{cls.__name__}: the setting {old!r} is now called {new!r}; the old "
+                          "name will be removed in a future release", DeprecationWarning,
+                          stacklevel=stacklevel)
+        out[new] = out.pop(old)
+    return out
+
+
+class RenamedSettingsMeta(ABCMeta):
+    """Metaclass of :class:`InferenceMethod`: constructor keywords under the old name of a
+    renamed setting (:attr:`InferenceMethod.renamed_settings`) are passed on under the new one,
+    with a :class:`DeprecationWarning`. (A metaclass, because the dataclass decorator writes a
+    method's ``__init__`` after the class is created.)"""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if getattr(cls, "renamed_settings", None):
+            kwargs = current_settings(cls, kwargs, warn=True, stacklevel=3)
+        return super().__call__(*args, **kwargs)
+
+
+def renamed_attribute(old: str, new: str) -> property:
+    """A property that reads and writes setting ``new`` under its old name ``old``, with a
+    :class:`DeprecationWarning`."""
+
+    def message(owner: Any) -> str:
+        return (f"{type(owner).__name__}.{old} is now called {new}; the old name will be "
+                "removed in a future release")
+
+    def get(self: Any) -> Any:
+        warnings.warn(message(self), DeprecationWarning, stacklevel=2)
+        return getattr(self, new)
+
+    def set(self: Any, value: Any) -> None:
+        warnings.warn(message(self), DeprecationWarning, stacklevel=2)
+        setattr(self, new, value)
+
+    return property(get, set, doc=f"Deprecated name of ``{new}``.")
+
+
+class InferenceMethod(ABC, metaclass=RenamedSettingsMeta):
     """Base class of the method configurations (``NUTS``, ``MeanField``, ...).
 
     Subclasses are dataclasses; :meth:`check_settings` validates settings that do not depend
     on the model (at construction, and again in :func:`bayesresnet.fit`, so settings changed
     after construction are checked too), :meth:`validate` those that do.
     """
+
+    renamed_settings: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """Settings renamed since they were public: old name -> new name. A subclass that renames a
+    field declares it here, and the old name keeps working: as a constructor keyword and as an
+    attribute (each with a :class:`DeprecationWarning` that names the new one), and in stored
+    settings (run files, :meth:`~bayesresnet.inference.base.InferenceMethod.from_settings`),
+    which are mapped without a warning. A subclass inherits its base's renames and adds its
+    own."""
 
     name: ClassVar[str]
     kind: ClassVar[str]
@@ -99,6 +185,18 @@ class InferenceMethod(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("renamed_settings")
+        if own is not None:
+            renamed = {**getattr(super(cls, cls), "renamed_settings", {}), **own}
+            for old, new in renamed.items():
+                if not (isinstance(old, str) and isinstance(new, str)) or old == new:
+                    raise TypeError(f"{cls.__name__}.renamed_settings must map old names to "
+                                    f"other, new names; got {old!r} -> {new!r}")
+                if old in getattr(cls, "__annotations__", {}):
+                    raise TypeError(f"{cls.__name__}: {old!r} is renamed to {new!r} but is "
+                                    "still a field")
+                setattr(cls, old, renamed_attribute(old, new))
+            cls.renamed_settings = MappingProxyType(renamed)
         if "name" in cls.__dict__:  # concrete methods; abstract bases define no name
             register_method(cls)
 
@@ -106,8 +204,15 @@ class InferenceMethod(ABC):
         """Check the settings when a (dataclass) method is constructed."""
         self.check_settings()
 
-    def check_settings(self) -> None:  # noqa: B027 (optional hook)
+    def check_settings(self) -> None:  # optional hook
         """Raise ValueError for settings that are invalid whatever the model (e.g. steps=0)."""
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> InferenceMethod:
+        """The method of stored settings (a run file's, a benchmark record's), without the
+        ``name``: old names of renamed settings mapped (silently), :meth:`saved_settings`
+        applied, then the constructor."""
+        return cls(**cls.saved_settings(current_settings(cls, settings)))
 
     @classmethod
     def saved_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
@@ -118,11 +223,11 @@ class InferenceMethod(ABC):
         """
         return settings
 
-    def check_runnable(self) -> None:  # noqa: B027 (optional hook)
+    def check_runnable(self) -> None:  # optional hook
         """Raise ValueError when :func:`bayesresnet.fit` cannot run this method at all (e.g. a
         record of draws made outside the library); ``fit`` calls it before any work."""
 
-    def validate(self, model: BayesianResNet) -> None:  # noqa: B027 (optional hook)
+    def validate(self, model: BayesianResNet) -> None:  # optional hook
         """Raise ValueError for settings that do not fit this model (e.g. rank > dim)."""
 
     @abstractmethod

@@ -5,7 +5,7 @@ at a MAP fit from its own network initialization (the points ``NUTS(init='map')`
 for the same seed), tunes its own step size, decoherence length and diagonal preconditioner
 (:mod:`bayesresnet.inference.mclmc_adaptation`), then runs microcanonical Langevin dynamics
 (:mod:`bayesresnet.inference.mclmc_kernel`) for a fixed number of steps, keeping every
-``thinning``-th state. The cost is fixed in advance: ``1 + (tune_steps + num_samples *
+``thinning``-th state. The cost is fixed in advance: ``1 + (num_warmup + num_samples *
 thinning) * g`` gradient evaluations per chain, with g = 2 for the default minimal-norm
 integrator and 1 for leapfrog, all chains of a unit batched into one gradient per evaluation.
 
@@ -34,6 +34,7 @@ undone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -82,9 +83,10 @@ class MCLMC(InferenceMethod):
         Draws kept per chain.
     thinning : int
         Sampling steps per kept draw.
-    tune_steps : int
+    num_warmup : int
         Steps of the three tuning phases per chain, discarded (see
-        :mod:`bayesresnet.inference.mclmc_adaptation`).
+        :mod:`bayesresnet.inference.mclmc_adaptation`). Formerly ``tune_steps``, a name that
+        still works, with a DeprecationWarning.
     chains : int
         Number of chains; they run in lock-step, one batched gradient for all of a unit's
         chains per evaluation, so on a CPU more chains cost little extra time.
@@ -126,10 +128,11 @@ class MCLMC(InferenceMethod):
     sampler_stats: ClassVar[frozenset[str] | None] = frozenset({
         "energy_change", "diverging", "step_size", "decoherence_length", "log_density",
         "log_joint"})
+    renamed_settings: ClassVar[Mapping[str, str]] = {"tune_steps": "num_warmup"}
 
     num_samples: int = 1000
     thinning: int = 5
-    tune_steps: int = 2000
+    num_warmup: int = 2000
     chains: int = 4
     init: str = "map"
     init_steps: int = 1000
@@ -143,10 +146,10 @@ class MCLMC(InferenceMethod):
     def check_settings(self) -> None:
         for name in ("num_samples", "thinning", "chains", "init_steps"):
             check_positive_int("MCLMC", name, getattr(self, name))
-        if isinstance(self.tune_steps, bool) or not isinstance(
-                self.tune_steps, (int, np.integer)) or self.tune_steps < 10:
-            raise ValueError(f"MCLMC: tune_steps must be an integer of at least 10, "
-                             f"got {self.tune_steps!r}")
+        if isinstance(self.num_warmup, bool) or not isinstance(
+                self.num_warmup, (int, np.integer)) or self.num_warmup < 10:
+            raise ValueError(f"MCLMC: num_warmup must be an integer of at least 10, "
+                             f"got {self.num_warmup!r}")
         check_positive_float("MCLMC", "desired_energy_variance", self.desired_energy_variance)
         check_positive_float("MCLMC", "decoherence_factor", self.decoherence_factor)
         check_chain_settings("MCLMC", self.chains_per_unit, self.compile_after, self.init)
@@ -188,13 +191,13 @@ class MCLMC(InferenceMethod):
             f"chain {worst}'s energy error has variance {variance[worst]:.3g} per dimension over "
             f"the sampling steps, more than {ENERGY_VARIANCE_FACTOR:g} x the tuned target "
             f"{self.desired_energy_variance:g}: the chain met sharper curvature than it tuned "
-            "on, so its unadjusted steps are too long and its draws biased; raise tune_steps "
+            "on, so its unadjusted steps are too long and its draws biased; raise num_warmup "
             "or lower desired_energy_variance")
 
     def num_gradients(self) -> int:
         """Gradient evaluations per chain of a run, fixed by the settings."""
         per_step = mclmc_kernel.gradients_per_step(self.integrator)
-        return 1 + (self.tune_steps + self.num_samples * self.thinning) * per_step
+        return 1 + (self.num_warmup + self.num_samples * self.thinning) * per_step
 
     def run(self, model: BayesianResNet, x: Tensor, y: Tensor, seed: int,
             progress: bool) -> MethodResult:
@@ -272,7 +275,7 @@ def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, me
         ``scale``, ``energy_variance``, ``num_gradients``, ``tuning_rejections``.
     """
     chains, dim = z0.shape
-    steps = mclmc_adaptation.schedule(method.tune_steps, method.diagonal_preconditioning)
+    steps = mclmc_adaptation.schedule(method.num_warmup, method.diagonal_preconditioning)
     total = steps.total + method.num_samples * method.thinning
     with make_progress(progress, total, desc) as bar:
 
@@ -288,8 +291,8 @@ def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, me
             callback=callback if progress else None)
         state, params = tuned.state, tuned.params
         kept, energy, diverging, log_density = [], [], [], []
-        squared_error = torch.zeros(chains, dtype=z0.dtype)
-        diverged = torch.zeros(chains, dtype=torch.bool)
+        squared_error = torch.zeros(chains, dtype=z0.dtype, device=z0.device)
+        diverged = torch.zeros(chains, dtype=torch.bool, device=z0.device)
         for i in range(method.num_samples * method.thinning):
             state, info = mclmc_kernel.step(logdensity_fn, state, params, generator,
                                             method.integrator)
@@ -300,22 +303,22 @@ def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, me
                 energy.append(info.energy_change)
                 diverging.append(diverged)
                 log_density.append(state.log_density)
-                diverged = torch.zeros(chains, dtype=torch.bool)
+                diverged = torch.zeros(chains, dtype=torch.bool, device=z0.device)
             if progress:
                 bar.update(1)
     per_chain = {"step_size": params.step_size, "decoherence_length": params.decoherence_length}
     stats = {
-        "energy_change": torch.stack(energy, 1).numpy(),
-        "diverging": torch.stack(diverging, 1).numpy(),
-        "log_density": torch.stack(log_density, 1).numpy(),
-        **{name: value.unsqueeze(1).expand(chains, method.num_samples).numpy().copy()
+        "energy_change": torch.stack(energy, 1).cpu().numpy(),
+        "diverging": torch.stack(diverging, 1).cpu().numpy(),
+        "log_density": torch.stack(log_density, 1).cpu().numpy(),
+        **{name: value.unsqueeze(1).expand(chains, method.num_samples).cpu().numpy().copy()
            for name, value in per_chain.items()},
     }
     steps_run = method.num_samples * method.thinning
     extra = {
         "scale": params.scale,
-        "energy_variance": (squared_error / (steps_run * dim)).numpy(),
+        "energy_variance": (squared_error / (steps_run * dim)).cpu().numpy(),
         "num_gradients": np.full(chains, method.num_gradients(), dtype=np.int64),
-        "tuning_rejections": tuned.rejected.numpy(),
+        "tuning_rejections": tuned.rejected.cpu().numpy(),
     }
     return torch.stack(kept, 1), stats, extra

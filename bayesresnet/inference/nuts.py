@@ -59,7 +59,7 @@ Per-draw statistics (arrays of shape (chain, draw), post-warmup only)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -139,8 +139,9 @@ class NUTS(InferenceMethod):
     ----------
     num_samples : int
         Draws kept per chain, after warmup.
-    warmup : int
+    num_warmup : int
         Warmup (adaptation) iterations per chain, discarded; 0 disables adaptation entirely.
+        Formerly ``warmup``, a name that still works, with a DeprecationWarning.
     chains : int
         Number of independent chains.
     target_accept : float
@@ -195,12 +196,13 @@ class NUTS(InferenceMethod):
 
     name: ClassVar[str] = "nuts"
     kind: ClassVar[str] = "mcmc"
+    renamed_settings: ClassVar[Mapping[str, str]] = {"warmup": "num_warmup"}
     sampler_stats: ClassVar[frozenset[str] | None] = frozenset({
         "diverging", "tree_depth", "num_steps", "reached_max_tree_depth", "step_size",
         "accept_prob", "log_density", "log_joint", "energy"})
 
     num_samples: int = 1000
-    warmup: int = 1000
+    num_warmup: int = 1000
     chains: int = 4
     target_accept: float = 0.8
     max_tree_depth: int = 10
@@ -220,9 +222,10 @@ class NUTS(InferenceMethod):
         check_positive_int("NUTS", "max_tree_depth", self.max_tree_depth)
         check_positive_int("NUTS", "init_steps", self.init_steps)
         check_chain_settings("NUTS", self.chains_per_unit, self.compile_after, self.init)
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
-                or self.warmup < 0:
-            raise ValueError(f"NUTS: warmup must be a non-negative integer, got {self.warmup!r}")
+        if isinstance(self.num_warmup, bool) or not isinstance(
+                self.num_warmup, (int, np.integer)) or self.num_warmup < 0:
+            raise ValueError(f"NUTS: num_warmup must be a non-negative integer, got "
+                             f"{self.num_warmup!r}")
         target = self.target_accept
         if isinstance(target, bool) or not isinstance(target, (int, float)) \
                 or not (0.0 < target < 1.0):
@@ -296,7 +299,10 @@ def _sample_chain_group(method: NUTS, model: BayesianResNet, x: Tensor, y: Tenso
         return model.log_density(z, x, y)
 
     # The Pyro backend takes the global state lock itself (see sample_pyro).
-    out = _SAMPLERS[method.backend](method, log_density, z0, seed, unit, chains.start, progress)
+    if method.backend == "pyro":
+        out = _run_pyro(method, log_density, z0, seed, chains.start, progress)
+    else:
+        out = _run_vectorized(method, log_density, z0, seed, unit, chains.start, progress)
     draws, log_joint = constrained_draws(model, x, y, out.samples)
     stats = {**out.stats, "log_joint": log_joint}
     extra = {"initial_position": z0, "inverse_mass": out.inverse_mass,
@@ -459,9 +465,9 @@ def sample_pyro(logdensity_fn: LogDensity, init_position: Tensor, num_warmup: in
                          warmup_divergences)
 
 
-def _run_pyro(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int, unit: int,
-              first_chain: int, progress: bool) -> SamplerOutput:
-    return sample_pyro(logdensity_fn, z0, method.warmup, method.num_samples, seed,
+def _run_pyro(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: int, first_chain: int,
+              progress: bool) -> SamplerOutput:
+    return sample_pyro(logdensity_fn, z0, method.num_warmup, method.num_samples, seed,
                        target_accept=method.target_accept, max_tree_depth=method.max_tree_depth,
                        dense_mass=method.dense_mass, progress=progress, first_chain=first_chain)
 
@@ -474,7 +480,9 @@ def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: i
     stream = _derived_seed(seed, _STREAM_CHAIN) if unit == 0 else \
         _derived_seed(seed, _STREAM_UNIT, unit)
     generator = seeded_generator(stream)
-    total = method.warmup + method.num_samples
+    if z0.device.type != "cpu":  # the kernel draws on the chains' device
+        generator = torch.Generator(device=z0.device).manual_seed(stream)
+    total = method.num_warmup + method.num_samples
     chains = range(first_chain, first_chain + z0.shape[0])
     with make_progress(progress, total, f"NUTS {span(chains, 'chain')}") as bar:
 
@@ -482,24 +490,17 @@ def _run_vectorized(method: NUTS, logdensity_fn: LogDensity, z0: Tensor, seed: i
             bar.update(1)
             if i % 10 == 0:
                 bar.set_postfix(steps=int(info.num_steps.max()),
-                                warmup=i < method.warmup, refresh=False)
+                                warmup=i < method.num_warmup, refresh=False)
 
         logdensity_fn = TieredLogDensity(logdensity_fn, method.compile_after, "NUTS")
         samples, stats = adaptation.sample(
-            logdensity_fn, z0, method.warmup, method.num_samples, generator,
+            logdensity_fn, z0, method.num_warmup, method.num_samples, generator,
             target_accept=method.target_accept, max_tree_depth=method.max_tree_depth,
             dense_mass=method.dense_mass, callback=callback if progress else None,
             pool_step_size=True)  # one step for the lock-step chains: docs/methods.rst
     inverse_mass = stats.pop("inverse_mass")
-    warmup_divergences = stats.pop("warmup_diverging").sum(-1).numpy().astype(np.int64)
-    arrays = {name: stats[name].detach().numpy().astype(dtype)
+    warmup_divergences = stats.pop("warmup_diverging").sum(-1).cpu().numpy().astype(np.int64)
+    arrays = {name: stats[name].detach().cpu().numpy().astype(dtype)
               for name, dtype in _STAT_DTYPES.items()}
     return SamplerOutput(samples.detach(), arrays, inverse_mass.detach(), warmup_divergences)
 
-
-# Backend name -> runner(method, logdensity_fn, z0 (C, D), seed, unit, first_chain, progress).
-_SAMPLERS: dict[str, Callable[[NUTS, LogDensity, Tensor, int, int, int, bool],
-                              SamplerOutput]] = {
-    "pyro": _run_pyro,
-    "vectorized": _run_vectorized,
-}
