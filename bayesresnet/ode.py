@@ -14,26 +14,45 @@ L grows:
 For f = act(W h + b) the Jacobian is J = diag(act'(W h + b)) W; its spectrum along the trajectory
 (:func:`stiffness`) says how stiff the learned ODE is and whether explicit Euler is stable on the
 grid, and :func:`jacobian_penalty` is a cheap differentiable regularizer on it.
+
+Under posterior uncertainty the spectrum is a distribution: :func:`stability` (for parameter
+draws) and :func:`posterior_stability` (for a :class:`~bayesresnet.Posterior`, also
+``Posterior.stability``) give the eigenvalues of every draw along the trajectories of given
+inputs, the posterior probability that every explicit Euler step is stable
+(|1 + dt lambda| <= 1 for all eigenvalues), per layer and overall, and the stiffness ratio with
+a credible interval, as an ``xarray.Dataset``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .resnet import ACTIVATIONS, ResNet
+from .resnet import ACTIVATIONS, INTEGRATORS, ResNet
+from .validation import check_inputs, check_posterior
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from .posterior import Posterior
 
 __all__ = [
     "ACTIVATION_DERIVATIVES",
     "Stiffness",
     "activation_derivative",
     "adjoint_gradient",
+    "amplification_factor",
     "backprop_gradient",
     "jacobian_penalty",
+    "posterior_stability",
     "squared_error",
+    "stability",
+    "stability_polynomial",
     "stiffness",
 ]
 
@@ -170,7 +189,9 @@ def adjoint_gradient(net: ResNet, params: Mapping[str, Tensor], x: Tensor, y: An
         dloss/dA_k = int_0^T phi_k(t) (df/dW)^T a dt,   (df/dW)^T a = (act' * a) h^T,
         dloss/dc_k = int_0^T phi_k(t) (df/db)^T a dt,   (df/db)^T a = act' * a,
 
-    plus the input and output layers (exact, they are not part of the ODE).
+    (for a low-rank network, W(t) = U(t) V(t)^T, the W cotangent G gives G V(t) for U and
+    G^T U(t) for V, projected on the basis in the same way) plus the input and output layers
+    (exact, they are not part of the ODE).
     The augmented backward system (state h, adjoint a, parameter cotangents) is integrated from
     T to 0 with the network's own explicit scheme run in reverse time on the same grid: Euler for
     the Euler net, and midpoint or RK4 for those. Each backward step n (from t_{n+1} to t_n)
@@ -239,7 +260,13 @@ def adjoint_gradient(net: ResNet, params: Mapping[str, Tensor], x: Tensor, y: An
                                  if b_i != 0.0)
 
         phi = net.stage_basis(offsets).to(adj.dtype)
-        grads["W_coef"] = torch.einsum("nmk,...nmij->...kij", phi, cot_w)
+        if net.rank is None:
+            grads["W_coef"] = torch.einsum("nmk,...nmij->...kij", phi, cot_w)
+        else:  # W = U V^T: the cotangent G of W gives G V for U and G^T U for V
+            left, right = net.stage_factors(params, offsets)
+            grads["U_coef"] = torch.einsum("nmk,...nmir->...kir", phi, cot_w @ right)
+            grads["V_coef"] = torch.einsum("nmk,...nmjr->...kjr", phi,
+                                           cot_w.transpose(-1, -2) @ left)
         grads["b_coef"] = torch.einsum("nmk,...nmi->...ki", phi, cot_b)
         x = x.to(adj.dtype)
         grads["input_weight"] = torch.einsum("...nw,ni->...wi", adj, x)
@@ -361,3 +388,274 @@ def jacobian_penalty(net: ResNet, params: Mapping[str, Tensor], x: Tensor) -> Te
     slopes, weights = _trajectory_jacobian_parts(net, _net_params(net, params), x)
     frob = torch.einsum("...nlj,...ljk->...nl", slopes**2, weights**2)  # (*S, N, L)
     return net.dt * frob.sum(-1).mean(-1)
+
+
+# ---------------------------------------------------------------------------- stability
+# Bytes of the larger of one layer's Jacobians (with their eigen-decomposition workspace) and
+# the trajectories, for one chunk of draws in :func:`stability`: the chunk size follows from it.
+_STABILITY_CHUNK_BYTES = 1 << 24
+
+
+def stability_polynomial(scheme: str) -> tuple[float, ...]:
+    """Coefficients (r_0, ..., r_s) of the stability function R(z) = sum_j r_j z^j of a scheme.
+
+    One step of an explicit Runge-Kutta scheme on the linear test equation h' = lambda h
+    multiplies h by R(dt lambda). For an explicit tableau (A strictly lower triangular, so
+    nilpotent) R(z) = 1 + z b^T (I - z A)^{-1} 1 = 1 + sum_{k=0}^{s-1} (b^T A^k 1) z^(k+1):
+    ``(1, 1)`` for Euler, ``(1, 1, 1/2)`` for midpoint and the degree-4 Taylor polynomial of
+    e^z for rk4.
+
+    Parameters
+    ----------
+    scheme : {'euler', 'midpoint', 'rk4'}
+        A name of :data:`~bayesresnet.resnet.INTEGRATORS`.
+
+    Returns
+    -------
+    tuple of s + 1 floats, lowest degree first.
+    """
+    if not isinstance(scheme, str) or scheme not in INTEGRATORS:
+        raise ValueError(f"unknown scheme {scheme!r}; expected one of {sorted(INTEGRATORS)}")
+    tableau = INTEGRATORS[scheme]
+    stages = tableau.stages
+    a = torch.zeros(stages, stages, dtype=torch.float64)
+    for i, row in enumerate(tableau.a):
+        a[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    b = torch.tensor(tableau.b, dtype=torch.float64)
+    power = torch.ones(stages, dtype=torch.float64)  # A^k 1
+    coefficients = [1.0]
+    for _ in range(stages):
+        coefficients.append(float(b @ power))
+        power = a @ power
+    return tuple(coefficients)
+
+
+def amplification_factor(z: Tensor, scheme: str = "euler") -> Tensor:
+    """The amplification ``|R(z)|``, z = dt lambda: how much one step of ``scheme`` scales a mode.
+
+    Parameters
+    ----------
+    z : complex (or real) tensor of any shape
+        Eigenvalues times the step size.
+    scheme : {'euler', 'midpoint', 'rk4'}
+        See :func:`stability_polynomial`; for Euler ``|R(z)| = |1 + z|``.
+
+    Returns
+    -------
+    Real tensor of the shape of ``z``; the step is (linearly) stable where it is <= 1.
+    """
+    coefficients = stability_polynomial(scheme)
+    value = torch.full_like(z, coefficients[-1])
+    for coefficient in reversed(coefficients[:-1]):  # Horner
+        value = value * z + coefficient
+    return value.abs()
+
+
+def _check_stability_options(scheme: str, level: Any, tolerance: Any) -> None:
+    stability_polynomial(scheme)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level must be a number strictly between 0 and 1, got {level!r}")
+    if (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+            or not math.isfinite(tolerance) or tolerance < 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+
+
+def stability(net: ResNet, params: Mapping[str, Tensor], x: Tensor, *,
+              sample_dims: Sequence[str] = ("draw",), scheme: str = "euler",
+              level: float = 0.95, tolerance: float = 1e-9, eigenvalues: bool = True
+              ) -> xr.Dataset:
+    """Stability of the network's steps under parameter uncertainty, from parameter draws.
+
+    For every draw s, input x_i and grid step n, the eigenvalues lambda of the Jacobian
+    J_n = diag(act'(W(t_n) h_n + b(t_n))) W(t_n) of the vector field at the trajectory's state
+    h_n (as in :func:`stiffness`). Step n of input i is stable when the linearized step does
+    not grow any mode: |R(dt lambda)| <= 1 + ``tolerance`` for all eigenvalues, with R the
+    stability function of ``scheme`` (|1 + dt lambda| for explicit Euler, the ResNet). The
+    draws are the samples of the distribution, so each probability is the fraction of draws:
+
+    * ``layer_stability_probability[n]``: of draws whose step n is stable for every input;
+    * ``stability_probability``: of draws for which every step at every input is stable.
+
+    The stiffness ratio of a draw is max |Re lambda| / min |Re lambda| over all its steps,
+    inputs and eigenvalues (inf when some Re lambda is 0, NaN when all are), summarized by the
+    median and the central ``level`` credible interval over draws.
+
+    Parameters
+    ----------
+    net : ResNet
+    params : mapping site -> tensor (*S, *site_shape)
+        Parameter draws; S has one dim per name in ``sample_dims``.
+    x : tensor (N, in_dim)
+        Inputs whose trajectories are followed (the network's units: standardized for a fitted
+        model, see :func:`posterior_stability`).
+    sample_dims : sequence of str
+        Names of the dims of S in the result, e.g. ``("chain", "draw")``.
+    scheme : {'euler', 'midpoint', 'rk4'}
+        The explicit scheme whose stability is judged (default Euler, whatever the network's
+        own integrator; the Jacobians are taken along the network's own trajectory).
+    level : float
+        Mass of the central credible interval of the stiffness ratio.
+    tolerance : float
+        Slack on |R(dt lambda)| <= 1 for rounding: a step exactly on the boundary (e.g.
+        dt lambda = -2 for Euler) counts as stable.
+    eigenvalues : bool
+        Keep the eigenvalues (16 bytes per draw, input, step and hidden unit); without them the
+        result holds the summaries only.
+
+    Returns
+    -------
+    xarray.Dataset
+        Computed in chunks of draws (about 16 MB of Jacobians or trajectories at a time); the
+        result holds ``N L`` amplifications per draw, and ``N L width`` eigenvalues with
+        ``eigenvalues=True``. A draw whose trajectory is not finite has NaN eigenvalues and
+        counts as unstable.
+
+        Dims: the sample dims, ``point`` (N inputs), ``layer`` (the depth grid steps, with the
+        coordinate ``time`` t_n = n dt), ``eigen`` (width; eigenvalues sorted by real part,
+        then imaginary part) and ``quantile`` (``(1 - level) / 2``, 0.5,
+        ``(1 + level) / 2``). Variables:
+
+        * ``eigenvalues`` (*S, point, layer, eigen), complex: lambda (only with
+          ``eigenvalues=True``);
+        * ``amplification`` (*S, point, layer): max over eigenvalues of |R(dt lambda)|;
+        * ``spectral_abscissa`` (*S, point, layer): max Re lambda. Where it is positive the
+          ODE itself grows a perturbation, and no step size makes an Euler step stable in the
+          sense above (|1 + dt lambda| > 1 for every dt > 0): an unstable step there says the
+          learned dynamics expand, not that dt is too large;
+        * ``step_stable`` (*S, point, layer), bool;
+        * ``layer_stable`` (*S, layer), bool: step n stable for every input;
+        * ``stable`` (*S,), bool: every step stable for every input;
+        * ``stiffness_ratio`` (*S,);
+        * ``layer_stability_probability`` (layer,), ``stability_probability`` (scalar);
+        * ``stiffness_ratio_interval`` (quantile,): empirical quantiles of the draws'
+          ratios (each a draw's value, so infinite ratios stay well defined).
+
+        Attributes: ``dt``, ``scheme``, ``tolerance``, ``level``, ``integrator`` (the
+        network's own), ``draws`` (the number of draws).
+
+    Raises
+    ------
+    ValueError
+        For a network that is not a ResNet, parameters of the wrong shapes, a ``sample_dims``
+        whose length is not that of S, inputs of the wrong shape, or invalid options.
+    """
+    import xarray as xr
+
+    net = _check_net(net)
+    _check_stability_options(scheme, level, tolerance)
+    params = _net_params(net, params)
+    sample_shape = tuple(net.sample_shape(params))
+    sample_dims = tuple(sample_dims)
+    if len(sample_dims) != len(sample_shape) or not all(isinstance(d, str) for d in sample_dims):
+        raise ValueError(f"sample_dims must name each of the {len(sample_shape)} sample dims of "
+                         f"params (shape {sample_shape}), got {sample_dims!r}")
+    if len(set(sample_dims) | {"point", "layer", "eigen", "quantile"}) != len(sample_dims) + 4:
+        raise ValueError(f"sample_dims {sample_dims!r} must be distinct and not 'point', "
+                         "'layer', 'eigen' or 'quantile'")
+    net._check_input(x)
+    total = math.prod(sample_shape)
+    if total < 1:
+        raise ValueError("params hold no draws")
+    flat = {k: v.detach().reshape(total, *net.param_shapes[k]) for k, v in params.items()}
+    points, width, depth = x.shape[0], net.width, net.depth
+    per_draw = 16 * points * width * max(width, depth)
+    chunk = max(1, min(total, _STABILITY_CHUNK_BYTES // per_draw))
+    spectra, amplification, abscissa, ratio = [], [], [], []
+    for start in range(0, total, chunk):
+        eig = stiffness(net, {k: v[start:start + chunk] for k, v in flat.items()}, x).eigenvalues
+        amplification.append(amplification_factor(net.dt * eig, scheme).amax(-1))
+        abscissa.append(eig.real.amax(-1))
+        real = eig.real.abs().flatten(1)  # (chunk, point * layer * eigen)
+        ratio.append(real.amax(-1) / real.amin(-1))
+        if eigenvalues:
+            spectra.append(eig)
+    amp = torch.cat(amplification).cpu().numpy()  # (M, point, layer)
+    ratios = torch.cat(ratio).cpu().numpy()
+    step_stable = amp <= 1.0 + tolerance
+    layer_stable = step_stable.all(axis=1)  # (M, layer)
+    stable = layer_stable.all(axis=1)
+    quantiles = np.array([(1.0 - level) / 2.0, 0.5, (1.0 + level) / 2.0])
+
+    def shaped(array: np.ndarray) -> np.ndarray:
+        return array.reshape(*sample_shape, *array.shape[1:])
+
+    data_vars: dict[str, Any] = {}
+    if eigenvalues:
+        data_vars["eigenvalues"] = ((*sample_dims, "point", "layer", "eigen"),
+                                    shaped(torch.cat(spectra).cpu().numpy()))
+    data_vars.update({
+        "amplification": ((*sample_dims, "point", "layer"), shaped(amp)),
+        "spectral_abscissa": ((*sample_dims, "point", "layer"),
+                              shaped(torch.cat(abscissa).cpu().numpy())),
+        "step_stable": ((*sample_dims, "point", "layer"), shaped(step_stable)),
+        "layer_stable": ((*sample_dims, "layer"), shaped(layer_stable)),
+        "stable": (sample_dims, shaped(stable)),
+        "stiffness_ratio": (sample_dims, shaped(ratios)),
+        "layer_stability_probability": (("layer",), layer_stable.mean(axis=0)),
+        "stability_probability": ((), float(stable.mean())),
+        "stiffness_ratio_interval": (("quantile",),
+                                     np.quantile(ratios, quantiles, method="inverted_cdf")),
+    })
+    coords: dict[str, Any] = {dim: np.arange(size) for dim, size in
+                              zip(sample_dims, sample_shape, strict=True)}
+    coords.update({"point": np.arange(points), "layer": np.arange(depth),
+                   "time": ("layer", net.layer_times().numpy()),
+                   "eigen": np.arange(width), "quantile": quantiles})
+    attrs = {"dt": net.dt, "scheme": scheme, "tolerance": float(tolerance),
+             "level": float(level), "integrator": net.integrator, "draws": total}
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def posterior_stability(posterior: Posterior, x: Any, *, thin: int = 1, scheme: str = "euler",
+                        level: float = 0.95, tolerance: float = 1e-9, eigenvalues: bool = True
+                        ) -> xr.Dataset:
+    """Posterior distribution of the layer Jacobians' spectra and of the steps' stability.
+
+    :func:`stability` at the posterior's draws (every ``thin``-th draw of each chain), along the
+    trajectories of the inputs ``x`` given in original units (they are standardized with the
+    posterior's scaler, as the network saw its training data). ``Posterior.stability`` calls
+    this.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        A run whose network is a :class:`~bayesresnet.ResNet` (an MLP has no ODE view).
+    x : array (N, in_dim)
+        Inputs in original units.
+    thin : int
+        Keep draws 0, thin, 2 thin, ... of each chain (the cost is linear in the draws).
+    scheme, level, tolerance, eigenvalues
+        See :func:`stability`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The dataset of :func:`stability` with sample dims ``chain`` and ``draw`` (coordinates:
+        the chain and the kept draws' indices in it), the inputs as the variable ``x``
+        (point, input) in original units, and the attributes ``method`` and ``thin``. The
+        probabilities are fractions of all kept draws of all chains.
+
+    Raises
+    ------
+    ValueError
+        For a posterior whose network is not a ResNet, invalid inputs or options.
+    """
+    posterior = check_posterior(posterior)
+    model = posterior.model
+    if not isinstance(model.net, ResNet):
+        raise ValueError(f"stability needs a ResNet (the ODE view of its steps); this posterior's "
+                         f"network is a {type(model.net).__name__}")
+    if isinstance(thin, bool) or not isinstance(thin, (int, np.integer)) or thin < 1:
+        raise ValueError(f"thin must be a positive integer, got {thin!r}")
+    _check_stability_options(scheme, level, tolerance)
+    x = check_inputs(x, model.in_dim)
+    with torch.no_grad():
+        params = model.net_params({k: v[:, ::thin] for k, v in posterior.draws.items()})
+    data = stability(model.net, params, posterior.x_scaler.transform(x),
+                     sample_dims=("chain", "draw"), scheme=scheme, level=level,
+                     tolerance=tolerance, eigenvalues=eigenvalues)
+    names = posterior.feature_names or list(range(model.in_dim))
+    data = data.assign_coords(draw=np.arange(0, posterior.num_draws, thin), input=names)
+    data["x"] = (("point", "input"), x.numpy())
+    data.attrs.update(method=posterior.method.name, thin=int(thin))
+    return data

@@ -22,6 +22,11 @@ is left out):
   data, and on the test data when given.
 * Calibration [``calibration``] (test data only): observed against nominal coverage of central
   predictive intervals.
+* Stability [``stability``] (ResNets only): the eigenvalues of the layer Jacobians along the
+  trajectories of a few training inputs for a subset of the draws
+  (:func:`bayesresnet.ode.posterior_stability`), in the complex plane against the disc where an
+  explicit Euler step is stable, with the posterior probability of a stable step per layer and
+  overall and the stiffness ratio's credible interval.
 * Files [``files``].
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly, never
@@ -51,7 +56,9 @@ from . import metrics
 from .arviz_compat import draws_dataset, ess
 from .arviz_compat import rhat as compat_rhat
 from .diagnostics import INFO_RULE
+from .ode import posterior_stability
 from .posterior import Posterior, Prediction, as_float_tensor, check_inputs
+from .resnet import ResNet
 
 __all__ = ["SECTIONS", "compare_report", "convergence_text", "report", "shared_results",
            "summary_rows"]
@@ -66,6 +73,7 @@ SECTIONS = {
     "predictions": "Predictions",
     "metrics": "Metrics",
     "calibration": "Calibration",
+    "stability": "Stability",
     "files": "Files",
 }
 """Section id -> heading, in page order."""
@@ -76,6 +84,12 @@ _TRACE_OUTPUTS = 2
 # Points of the input grid of the 1-D predictive band.
 _GRID_POINTS = 200
 _DPI = 100
+# Stability section: training inputs followed, Jacobian eigen-decompositions (kept draws x
+# inputs x layers) it may spend, eigenvalues drawn, and layers listed one per row.
+_STABILITY_POINTS = 10
+_STABILITY_BUDGET = 4000
+_STABILITY_SCATTER = 20_000
+_STABILITY_ROWS = 20
 
 _STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -272,11 +286,12 @@ def _diagnostics_section(posterior: Posterior) -> tuple[str, bool]:
     return "\n".join(parts), diag.ok
 
 
-def _trace_points(x: np.ndarray) -> np.ndarray:
-    """Indices of a few training inputs: spread over the (first) input's range."""
+def _trace_points(x: np.ndarray, count: int = _TRACE_POINTS) -> np.ndarray:
+    """Indices of ``count`` training inputs (fewer if there are fewer): spread over the
+    (first) input's range."""
     n = x.shape[0]
     order = np.argsort(x[:, 0], kind="stable")
-    picks = np.unique(np.linspace(0, n - 1, min(_TRACE_POINTS, n)).round().astype(int))
+    picks = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
     return order[picks]
 
 
@@ -568,6 +583,70 @@ def _calibration_figure(pred_test: Prediction, y_test: np.ndarray,
     return _png(fig)
 
 
+def _stability_section(posterior: Posterior) -> str | None:
+    """Jacobian spectra against the Euler stability disc; None for a network without an ODE
+    view (MLP)."""
+    net = posterior.model.net
+    if not isinstance(net, ResNet):
+        return None
+    x = posterior.x_train[_trace_points(posterior.x_train, _STABILITY_POINTS)]
+    per_chain = max(1, _STABILITY_BUDGET // (x.shape[0] * net.depth * posterior.num_chains))
+    thin = math.ceil(posterior.num_draws / per_chain)
+    data = posterior_stability(posterior, x, thin=thin)
+    kept, total = data.attrs["draws"], posterior.num_chains * posterior.num_draws
+    dt = data.attrs["dt"]
+
+    fig = _figure(6.0, 4.6)
+    ax = fig.subplots()
+    from matplotlib.patches import Circle
+
+    ax.add_patch(Circle((-1.0, 0.0), 1.0, facecolor="C2", alpha=0.15, edgecolor="C2",
+                        label="Euler step stable: |1 + dt \u03bb| \u2264 1"))
+    z = dt * data["eigenvalues"].values  # (chain, draw, point, layer, eigen)
+    times = np.broadcast_to(data["time"].values[:, None], z.shape).reshape(-1)
+    z = z.reshape(-1)
+    if z.size > _STABILITY_SCATTER:
+        pick = np.random.default_rng(0).choice(z.size, _STABILITY_SCATTER, replace=False)
+        z, times = z[pick], times[pick]
+    dots = ax.scatter(z.real, z.imag, c=times, s=5, alpha=0.5, cmap="viridis",
+                      vmin=0.0, vmax=net.horizon, label="dt \u03bb (draw, input, layer)")
+    fig.colorbar(dots, ax=ax, label="t (depth)")
+    ax.axhline(0.0, color="0.5", lw=0.6)
+    ax.axvline(0.0, color="0.5", lw=0.6)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.autoscale_view()
+    ax.set_xlabel("Re dt \u03bb")
+    ax.set_ylabel("Im dt \u03bb")
+    ax.legend(fontsize=7, loc="upper left")
+
+    probability = data["layer_stability_probability"].values
+    layers = np.arange(net.depth)
+    note = ""
+    if net.depth > _STABILITY_ROWS:
+        layers = np.sort(np.argsort(probability, kind="stable")[:_STABILITY_ROWS])
+        note = (f"<p>The {_STABILITY_ROWS} layers of lowest probability of the "
+                f"{net.depth}.</p>")
+    rows: list[tuple[Any, ...]] = [(f"layer {n}", float(data["time"].values[n]),
+                                    float(probability[n])) for n in layers]
+    rows.append(("every layer", "", float(data["stability_probability"])))
+    low, median, high = data["stiffness_ratio_interval"].values
+    growing = float((data["spectral_abscissa"].values > 0).mean())
+    level = data.attrs["level"]
+    return (f"<p>Eigenvalues \u03bb of the Jacobian J = diag(act'(W(t) h + b(t))) W(t) of the "
+            f"vector field along the trajectories of {x.shape[0]} training inputs, for {kept} of "
+            f"the {total} draws, times the step dt = {_esc(_fmt(dt))}. An explicit Euler step "
+            "is stable when |1 + dt \u03bb| \u2264 1 for every eigenvalue: inside the shaded "
+            "disc. Probabilities are fractions of these draws whose step is stable at every "
+            f"input shown. In {growing:.1%} of the steps shown some eigenvalue has a positive "
+            "real part: a mode that the ODE itself grows, outside the disc for every step size, "
+            "so such steps count as unstable because the learned dynamics expand, not because "
+            "dt is too large.</p>" + _png(fig) + note
+            + _table(["step", "t", "P(stable)"], rows)
+            + f"<p>Stiffness ratio max |Re \u03bb| / min |Re \u03bb| over the trajectories "
+              f"of a draw: median {_esc(_fmt(float(median)))}, central {level:.0%} interval "
+              f"[{_esc(_fmt(float(low)))}, {_esc(_fmt(float(high)))}].</p>")
+
+
 def _check_test(posterior: Posterior, x_test: Any, y_test: Any
                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     if (x_test is None) != (y_test is None):
@@ -662,6 +741,9 @@ def report(posterior: Posterior, out_dir: str | os.PathLike, x_test: Any = None,
         "interval with noise. CRPS: continuous ranked probability score of the predictive "
         "samples.</p>"
         + _table(["data", "points", "RMSE", "NLL", "95% coverage", "95% width", "CRPS"], rows))
+    stability = _stability_section(posterior)
+    if stability is not None:
+        sections["stability"] = stability
     sections["files"] = ('<p><a href="posterior.nc">posterior.nc</a>: this run '
                          "(<code>bayesresnet.export.load</code>, "
                          "<code>arviz.from_netcdf</code>).</p>")

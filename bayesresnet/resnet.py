@@ -198,12 +198,27 @@ class ResNet(Network):
         Final time T of the ODE.
     integrator : {'euler', 'midpoint', 'rk4'}
         Scheme for the residual steps (see :data:`INTEGRATORS`). ``'euler'`` is the ResNet.
+    rank : int, optional
+        Low-rank hidden weights: with ``rank=r`` (1 <= r <= width) the hidden weight is
+        ``W(t) = U(t) V(t)^T`` with ``U(t) = sum_k phi_k(t) U_k`` and
+        ``V(t) = sum_k phi_k(t) V_k``, each ``(width, r)``, so the depth basis carries the two
+        factors instead of W. Default None: a dense W(t).
 
     Notes
     -----
     Parameter sites, in order: ``input_weight (width, in_dim)``, ``input_bias (width,)``,
     ``W_coef (K, width, width)``, ``b_coef (K, width)``, ``output_weight (out_dim, width)``,
-    ``output_bias (out_dim,)``, where K = ``basis.size(depth)``.
+    ``output_bias (out_dim,)``, where K = ``basis.size(depth)``. With ``rank=r`` the site
+    ``W_coef`` is replaced by ``U_coef (K, width, r)`` and ``V_coef (K, width, r)`` (in that
+    order), so the hidden weights have ``2 K width r`` parameters instead of ``K width^2``.
+    W(t) is then a product of two basis expansions: for a polynomial basis of degree d its
+    entries are polynomials of degree 2d in t, and for the Piecewise basis each layer's W_n is
+    ``U_n V_n^T``. The factors are identifiable only up to ``U R``, ``V R^{-T}`` for an
+    invertible r x r matrix R (one per basis function for the Piecewise basis): read the
+    posterior of W(t) or of the network's outputs, not of ``U_coef`` and ``V_coef``.
+    The forward pass forms W(t) = U(t) V(t)^T explicitly (width^2 r work per step, no work per
+    input), so every path of the network (Euler, Runge-Kutta stages, the ODE tools) sees the
+    same dense W(t).
 
     Higher-order stages evaluate W and b at t_n + c dt (:meth:`stage_weights`). Step n integrates
     the ODE on [t_n, t_{n+1}] with the weights of that interval, so for the Piecewise basis every
@@ -221,11 +236,16 @@ class ResNet(Network):
         activation: str = "tanh",
         horizon: float = 1.0,
         integrator: str = "euler",
+        rank: int | None = None,
     ) -> None:
         for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("width", width),
                             ("depth", depth)):
             _check_positive_int(name, value)
         _check_activation(activation)
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool)
+                                 or not 1 <= rank <= width):
+            raise ValueError(f"rank must be None (dense hidden weights) or an integer from 1 to "
+                             f"width={width}, got {rank!r}")
         if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
             raise ValueError(f"horizon must be a positive finite number, got {horizon!r}")
         if not isinstance(integrator, str) or integrator not in INTEGRATORS:
@@ -233,6 +253,7 @@ class ResNet(Network):
                 f"unknown integrator {integrator!r}; expected one of {sorted(INTEGRATORS)}"
             )
         self.integrator = integrator
+        self.rank = rank
         self.in_dim, self.out_dim, self.width, self.depth = in_dim, out_dim, width, depth
         self.basis = get_basis(basis)
         self.activation = activation
@@ -248,14 +269,35 @@ class ResNet(Network):
     @property
     def param_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
         w, k = self.width, self.num_basis
+        hidden: dict[str, tuple[int, ...]] = (
+            {"W_coef": (k, w, w)} if self.rank is None
+            else {"U_coef": (k, w, self.rank), "V_coef": (k, w, self.rank)})
         return OrderedDict(
             input_weight=(w, self.in_dim),
             input_bias=(w,),
-            W_coef=(k, w, w),
+            **hidden,
             b_coef=(k, w),
             output_weight=(self.out_dim, w),
             output_bias=(self.out_dim,),
         )
+
+    def init_params(
+        self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    ) -> dict[str, Tensor]:
+        """Random initial parameters; see :meth:`Network.init_params`.
+
+        With ``rank=r`` the factors' uniform draws are scaled so that each entry of
+        W = U V^T has the Glorot variance 1 / width of a dense W: each factor entry has
+        variance 1 / sqrt(r width).
+        """
+        params = super().init_params(generator, dtype)
+        if self.rank is not None:
+            w, r = self.width, self.rank
+            drawn_bound = math.sqrt(6.0 / (w + r))  # Glorot bound of a (width, r) matrix
+            bound = math.sqrt(3.0) * (r * w) ** -0.25  # uniform(-b, b) has variance b^2 / 3
+            for name in ("U_coef", "V_coef"):
+                params[name] = params[name] * (bound / drawn_bound)
+        return params
 
     @property
     def tableau(self) -> Tableau:
@@ -273,24 +315,65 @@ class ResNet(Network):
         Returns
         -------
         W : tensor (*S, M, width, width)
+            ``U(t) V(t)^T`` for a low-rank network.
         b : tensor (*S, M, width)
         """
-        coef_w, coef_b = params["W_coef"], params["b_coef"]
-        if times is None:
-            phi = self._grid_basis(coef_w.dtype)
-        else:
-            phi = self.basis.matrix(times, self.depth, self.horizon, dtype=coef_w.dtype)
-        weights = torch.einsum("mk,...kij->...mij", phi, coef_w)
-        biases = torch.einsum("mk,...ki->...mi", phi, coef_b)
-        return weights, biases
+        phi = self._time_basis(params, times)
+        return self._expand_weights(phi, "m", params), torch.einsum("mk,...ki->...mi", phi,
+                                                                    params["b_coef"])
 
-    def _grid_basis(self, dtype: torch.dtype) -> Tensor:
-        """The basis on the Euler grid, (depth, num_basis); computed once per dtype because
-        every forward needs it and building it (with its input checks) costs as much as a layer."""
-        key = (dtype, self.depth, self.horizon, id(self.basis))
+    def layer_factors(self, params: Mapping[str, Tensor], times: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor]:
+        """The factors U(t), V(t) of a low-rank W(t) = U(t) V(t)^T at ``times`` (default: the
+        Euler grid).
+
+        Returns
+        -------
+        U, V : tensors (*S, M, width, rank)
+
+        Raises
+        ------
+        ValueError
+            If the network has dense hidden weights (``rank=None``).
+        """
+        self._check_low_rank()
+        return self._expand_factors(self._time_basis(params, times), "m", params)
+
+    def _time_basis(self, params: Mapping[str, Tensor], times: Tensor | None) -> Tensor:
+        """phi at ``times`` (the cached Euler grid by default), in the parameters' dtype and on
+        their device."""
+        dtype, device = params["b_coef"].dtype, params["b_coef"].device
+        if times is None:
+            return self._grid_basis(dtype, device)
+        return self.basis.matrix(times, self.depth, self.horizon, dtype=dtype).to(device)
+
+    def _check_low_rank(self) -> None:
+        if self.rank is None:
+            raise ValueError("this ResNet has dense hidden weights (rank=None): it has no "
+                             "factors U, V")
+
+    def _expand_factors(self, phi: Tensor, lead: str, params: Mapping[str, Tensor]
+                        ) -> tuple[Tensor, Tensor]:
+        """U and V from basis values ``phi`` of shape (*lead, K): (*S, *lead, width, rank)."""
+        spec = f"{lead}k,...kir->...{lead}ir"
+        return (torch.einsum(spec, phi, params["U_coef"]),
+                torch.einsum(spec, phi, params["V_coef"]))
+
+    def _expand_weights(self, phi: Tensor, lead: str, params: Mapping[str, Tensor]) -> Tensor:
+        """W from basis values ``phi`` of shape (*lead, K): (*S, *lead, width, width)."""
+        if self.rank is None:
+            return torch.einsum(f"{lead}k,...kij->...{lead}ij", phi, params["W_coef"])
+        left, right = self._expand_factors(phi, lead, params)
+        return left @ right.transpose(-1, -2)
+
+    def _grid_basis(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+        """The basis on the Euler grid, (depth, num_basis); computed once per dtype and device
+        because every forward needs it and building it (with its input checks) costs as much as
+        a layer."""
+        key = (dtype, torch.device(device), self.depth, self.horizon, id(self.basis))
         if key not in self._grid_cache:
             self._grid_cache[key] = self.basis.matrix(self.layer_times(), self.depth,
-                                                      self.horizon, dtype=dtype)
+                                                      self.horizon, dtype=dtype).to(device)
         return self._grid_cache[key]
 
     def stage_basis(self, offsets: Tensor | list[float]) -> Tensor:
@@ -327,11 +410,28 @@ class ResNet(Network):
         W : tensor (*S, depth, M, width, width)
         b : tensor (*S, depth, M, width)
         """
-        coef_w, coef_b = params["W_coef"], params["b_coef"]
-        phi = self.stage_basis(offsets).to(coef_w.dtype)
-        weights = torch.einsum("nmk,...kij->...nmij", phi, coef_w)
-        biases = torch.einsum("nmk,...ki->...nmi", phi, coef_b)
-        return weights, biases
+        phi = self.stage_basis(offsets).to(dtype=params["b_coef"].dtype,
+                                           device=params["b_coef"].device)
+        return (self._expand_weights(phi, "nm", params),
+                torch.einsum("nmk,...ki->...nmi", phi, params["b_coef"]))
+
+    def stage_factors(self, params: Mapping[str, Tensor], offsets: Tensor | list[float]
+                      ) -> tuple[Tensor, Tensor]:
+        """U and V of a low-rank network at the stage times (see :meth:`stage_basis`).
+
+        Returns
+        -------
+        U, V : tensors (*S, depth, M, width, rank)
+
+        Raises
+        ------
+        ValueError
+            If the network has dense hidden weights (``rank=None``).
+        """
+        self._check_low_rank()
+        return self._expand_factors(self.stage_basis(offsets).to(
+            dtype=params["b_coef"].dtype, device=params["b_coef"].device), "nm",
+                                    params)
 
     def vector_field(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """act(W h + b) for hidden states h (*S, N, width), W (*S, width, width), b (*S, width)."""
@@ -432,7 +532,7 @@ class ResNet(Network):
         h = params["input_weight"] @ x.T + params["input_bias"].unsqueeze(-1)
         out_weight, out_bias = params["output_weight"], params["output_bias"]
         if self.activation == "tanh":
-            shift = self._step_offsets(h.dtype)  # (L, 1): n dt
+            shift = self._step_offsets(h.dtype, h.device)  # (L, 1): n dt
             biases = 2.0 * (biases - shift * weights.sum(-1))
             weights = 2.0 * weights
             out_bias = out_bias - self.horizon * out_weight.sum(-1)
@@ -456,11 +556,11 @@ class ResNet(Network):
                        alpha=step)
         return (out_weight @ h + out_bias.unsqueeze(-1)).transpose(-1, -2)
 
-    def _step_offsets(self, dtype: torch.dtype) -> Tensor:
-        """n dt for n = 0..depth-1 as a column (depth, 1), cached per dtype."""
-        key = ("offsets", dtype)
+    def _step_offsets(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+        """n dt for n = 0..depth-1 as a column (depth, 1), cached per dtype and device."""
+        key = ("offsets", dtype, torch.device(device))
         if key not in self._grid_cache:
-            self._grid_cache[key] = (self.layer_times().to(dtype)).unsqueeze(-1)
+            self._grid_cache[key] = self.layer_times().to(dtype=dtype, device=device).unsqueeze(-1)
         return self._grid_cache[key]
 
     def config(self) -> dict[str, Any]:
@@ -474,6 +574,7 @@ class ResNet(Network):
             "activation": self.activation,
             "horizon": self.horizon,
             "integrator": self.integrator,
+            "rank": self.rank,
         }
 
 

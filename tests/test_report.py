@@ -83,7 +83,7 @@ def toy():
 @pytest.fixture(scope="module")
 def nuts_post(toy):
     model, x, y, _, _ = toy
-    method = brn.NUTS(num_samples=15, warmup=15, chains=2, max_tree_depth=3, init_steps=30)
+    method = brn.NUTS(num_samples=15, num_warmup=15, chains=2, max_tree_depth=3, init_steps=30)
     return brn.fit(model, x, y, method=method, seed=0, progress=False)
 
 
@@ -114,11 +114,11 @@ def test_nuts_report_sections_and_figures(nuts_post, nuts_report, toy):
     _, _, _, x_test, _ = toy
     path, page, text = nuts_report
     assert page.sections == ["run", "diagnostics", "trace", "energy", "predictions", "metrics",
-                             "calibration", "files"]
+                             "calibration", "stability", "files"]
     assert set(page.sections) <= set(SECTIONS)
-    # trace + rank (two chains) + energy + band + calibration
-    assert len(page.images) == 5
-    assert text.count('src="data:image/png;base64,') == 5
+    # trace + rank (two chains) + energy + band + calibration + stability
+    assert len(page.images) == 6
+    assert text.count('src="data:image/png;base64,') == 6
     assert_self_contained(page, text)
     # The saved run is the same posterior.
     again = load(path.parent / "posterior.nc")
@@ -155,8 +155,8 @@ def test_metrics_table_holds_the_metrics(nuts_post, nuts_report, toy):
 def test_vi_report_has_elbo_and_no_test_sections(vi_post, tmp_path):
     page, text = parse(brn.report(vi_post, tmp_path))
     assert page.sections == ["run", "diagnostics", "trace", "elbo", "predictions", "metrics",
-                             "files"]
-    assert len(page.images) == 3  # trace, ELBO, band (one chain: no rank plot)
+                             "stability", "files"]
+    assert len(page.images) == 4  # trace, ELBO, band, stability (one chain: no rank plot)
     assert_self_contained(page, text)
     assert [row[0] for row in page.cells if row and row[0] in ("train", "test")] == ["train"]
 
@@ -169,8 +169,8 @@ def test_ensemble_and_map_reports_show_losses(ensemble_post, toy, tmp_path):
     page, text = parse(brn.report(map_post, tmp_path / "m", x_test=x_test, y_test=y_test))
     # One draw: nothing to trace.
     assert page.sections == ["run", "diagnostics", "loss", "predictions", "metrics",
-                             "calibration", "files"]
-    assert len(page.images) == 3
+                             "calibration", "stability", "files"]
+    assert len(page.images) == 4
     assert_self_contained(page, text)
 
 
