@@ -392,7 +392,8 @@ def test_rank_validation_and_default():
     assert default_rank(1) == 1 and default_rank(3) == 2
     assert MeanField().config() == {"name": "meanfield", "steps": 5000, "lr": 0.01,
                                     "num_particles": 8, "num_draws": 1000, "init_scale": 0.01,
-                                    "init": "network", "init_steps": 1000, "backend": "flat"}
+                                    "init": "network", "init_steps": 1000, "backend": "flat",
+                                    "batch_size": None}
     assert LowRank(rank=4).config()["rank"] == 4 and LowRank.name == "lowrank"
 
 

@@ -9,6 +9,14 @@ the ELBO, then draw from q. Two backends fit the same family to the same objecti
   ``AutoLowRankMultivariateNormal`` (which push q through the same ``biject_to`` transforms the
   model uses). One training routine, ``_fit_guide``, serves any Pyro model and autoguide class.
 
+Minibatches (``batch_size=B``, for large N): each step estimates the ELBO on B of the N points
+with their log likelihood scaled by N / B, an unbiased estimate of the full-data ELBO and its
+gradient. The flat backend draws the batches (:func:`~bayesresnet.inference.flat_vi.minibatches`)
+and scales with :func:`minibatch_log_density`; the Pyro backend passes ``subsample_size=B`` to
+the model's ``data`` plate, whose scaling Pyro applies. The ``'map'`` initialization uses the
+same batches; the final ``log_joint`` of the draws is computed on all the data, in chunks of
+draws sized to the data (``_CHUNK_BYTES``).
+
 Besides the draws, a run keeps what importance-sampling diagnostics (PSIS) need: ``log_q``, the
 log density of each draw under q, and ``log_joint``, log p(theta, y) of the same draw, both for
 the constrained values, so log p - log q is the log importance weight.
@@ -42,11 +50,12 @@ from .base import (
     seeded_generator,
     update_running_mean,
 )
-from .executor import private_pyro_state
+from .executor import derived_seed, private_pyro_state
 from .flat_vi import fit_flat_gaussian
-from .optim import map_fit
+from .optim import adam_maximize, map_objective
 
-__all__ = ["BACKENDS", "INITS", "LowRank", "MeanField", "default_rank"]
+__all__ = ["BACKENDS", "INITS", "LowRank", "MeanField", "default_rank",
+           "minibatch_log_density"]
 
 BACKENDS = ("flat", "pyro")
 """Backends of the VI methods: the direct fit on the flat log density, and Pyro's SVI."""
@@ -61,6 +70,8 @@ _FINAL_LR_FRACTION = 0.1
 _CLIP_NORM = 10.0
 # Memory budget of one chunk when evaluating the log joint of many draws.
 _CHUNK_BYTES = 1 << 28
+# Stream of the minibatches of the 'map' initialization, derived from (seed, stream).
+_STREAM_MAP_BATCHES = 1
 
 
 @dataclass
@@ -87,8 +98,8 @@ class _GuideFit:
 
 def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tuple,
                *, guide_kwargs: Mapping[str, Any], steps: int, lr: float, num_particles: int,
-               num_draws: int, seed: int, progress: bool = False, desc: str = "vi"
-               ) -> _GuideFit:
+               num_draws: int, seed: int, progress: bool = False, desc: str = "vi",
+               model_kwargs: Mapping[str, Any] | None = None) -> _GuideFit:
     """Fit ``guide_class(model, **guide_kwargs)`` to ``model(*args)`` by SVI and draw from it.
 
     The model must be batched over leading sample dimensions (particles are vectorized with a
@@ -115,6 +126,9 @@ def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tu
         Show a progress bar with the running ELBO.
     desc : str
         Label of the progress bar.
+    model_kwargs : mapping, optional
+        Keyword arguments of the model (and guide) at every step, e.g. ``subsample_size`` of
+        :class:`~bayesresnet.model.BayesianResNet`; not passed when drawing from the guide.
 
     Returns
     -------
@@ -135,7 +149,7 @@ def _fit_guide(model: Callable[..., Any], guide_class: type[AutoGuide], args: tu
                 # Pyro's argument and shape validation runs on the first step only: it costs
                 # about a quarter of a step and the shapes do not change afterwards.
                 with pyro.validation_enabled(step == 0 and is_validation_enabled()):
-                    loss = svi.step(*args)
+                    loss = svi.step(*args, **(model_kwargs or {}))
                 if not math.isfinite(loss):
                     raise RuntimeError(f"{desc}: the ELBO became non-finite at step {step}; "
                                        "try a smaller lr or init_scale")
@@ -159,7 +173,8 @@ def _draw(guide: AutoGuide, args: tuple, num_draws: int, max_plate_nesting: int
     with pyro.plate("_vi_draws", num_draws, dim=-(max_plate_nesting + 1)):
         trace = poutine.trace(guide).get_trace(*args)
     trace.compute_log_prob()
-    log_q = torch.zeros(num_draws, dtype=torch.float64)
+    first = next(site["value"] for site in trace.nodes.values() if site["type"] == "sample")
+    log_q = torch.zeros(num_draws, dtype=first.dtype, device=first.device)  # the guide's
     draws = {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample":
@@ -191,13 +206,47 @@ def default_rank(dim: int) -> int:
     return min(dim, max(2, round(math.sqrt(dim))))
 
 
+def minibatch_log_density(model: BayesianResNet, x: Tensor, y: Tensor
+                          ) -> Callable[[Tensor, Tensor | None], Tensor]:
+    """The model's log density of flat unconstrained parameters, estimated on a minibatch.
+
+    Parameters
+    ----------
+    model : BayesianResNet
+    x, y : tensors (N, in_dim), (N,) or (N, out_dim)
+
+    Returns
+    -------
+    callable(z (*S, D), batch (B,) int64 or None) -> (*S,)
+        ``log p(theta) + log|J| + (N / B) * sum_{i in batch} log p(y_i | x_i, theta)``, with
+        theta = constrain(z); with ``batch=None``, ``model.log_density(z, x, y)``. Averaged
+        over the disjoint batches of a permutation of the data (or over uniformly random
+        batches) it equals ``model.log_density(z, x, y)``.
+    """
+    num = x.shape[0]
+
+    def log_density(z: Tensor, batch: Tensor | None = None) -> Tensor:
+        if batch is None:
+            return model.log_density(z, x, y)
+        values, log_det = model.constrain(z)
+        likelihood = model.log_likelihood(values, x[batch], y[batch]).sum(-1)
+        return model.log_prior(values) + log_det + likelihood * (num / batch.shape[0])
+
+    return log_density
+
+
 def _map_values(model: BayesianResNet, x: Tensor, y: Tensor, start: dict[str, Tensor],
-                steps: int, lr: float) -> dict[str, Tensor]:
-    """The latent values after ``steps`` full-batch Adam steps on the log density of z from
-    ``start``: the mode the ELBO's integrand tends to as q's scales shrink to zero."""
-    z, reached = map_fit(model, x, y, model.unconstrain(start).unsqueeze(0), steps, lr)
+                steps: int, lr: float, batch_size: int | None = None,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """The latent values after ``steps`` Adam steps (full batch, or minibatches of
+    ``batch_size`` drawn by ``generator``) on the log density of z from ``start``: the mode
+    the ELBO's integrand tends to as q's scales shrink to zero."""
+    z, _ = adam_maximize(map_objective(model, x, y, jacobian=True),
+                         model.unconstrain(start).unsqueeze(0), steps, lr,
+                         num_data=x.shape[0], batch_size=batch_size, generator=generator)
     with torch.no_grad():
         values, _ = model.constrain(z[0])
+        reached = _log_joint(model, {k: v.unsqueeze(0) for k, v in values.items()}, x, y)
     if not torch.isfinite(reached).all():
         raise RuntimeError("the MAP initialization of the variational means reached a "
                            "non-finite log density; try a smaller lr or init='network'")
@@ -215,6 +264,7 @@ class _AutoGuideVI(InferenceMethod):
     init: str
     init_steps: int
     backend: str
+    batch_size: int | None
 
     # Only the 'pyro' backend uses Pyro's global state, under the global state lock.
     thread_safe: ClassVar[bool] = True
@@ -231,6 +281,23 @@ class _AutoGuideVI(InferenceMethod):
         if self.init not in INITS:
             raise ValueError(f"{owner}: unknown init {self.init!r}; "
                              f"expected one of {list(INITS)}")
+        if self.batch_size is not None:
+            check_positive_int(owner, "batch_size", self.batch_size)
+
+    def _batch(self, num_data: int) -> int | None:
+        """The minibatch size of a run on ``num_data`` points; None for full batch.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` exceeds ``num_data``.
+        """
+        if self.batch_size is None:
+            return None
+        if self.batch_size > num_data:
+            raise ValueError(f"{type(self).__name__}: batch_size={self.batch_size} exceeds the "
+                             f"number of training points ({num_data})")
+        return None if self.batch_size == num_data else int(self.batch_size)
 
     def _rank(self, model: BayesianResNet) -> int | None:
         """Rank of the covariance factor; ``None`` for the diagonal (mean-field) family."""
@@ -247,44 +314,51 @@ class _AutoGuideVI(InferenceMethod):
             ``log_q`` and ``log_joint`` (1, num_draws). ``extra``: ``backend``; for
             ``'flat'`` the fitted ``loc``, ``scale`` (D,) and, for the low-rank family,
             ``cov_factor`` (D, rank); for ``'pyro'`` ``guide`` (class name) and
-            ``guide_params`` (name -> tensor); ``rank`` for the low-rank family.
+            ``guide_params`` (name -> tensor); ``rank`` for the low-rank family;
+            ``batch_size`` (B, or N for full batch).
         """
         self.validate(model)
         seed = check_seed(seed)
+        batch = self._batch(x.shape[0])
         # Start the means at the network's Glorot initialization rather than at the prior
         # median: in the all-zero network every hidden unit is interchangeable, a symmetric
         # saddle point that only the sampling noise of a narrow q would break.
-        init = model.initial_values(seeded_generator(seed))
+        init = {name: value.to(x)  # in the data's dtype, on its device
+                for name, value in model.initial_values(seeded_generator(seed)).items()}
         if self.init == "map":
-            init = _map_values(model, x, y, init, self.init_steps, float(self.lr))
+            # The minibatches of the MAP start come from a stream of their own, so the VI fit
+            # that follows draws the same particles as without minibatches at this stage.
+            init = _map_values(model, x, y, init, self.init_steps, float(self.lr), batch,
+                               seeded_generator(derived_seed(seed, _STREAM_MAP_BATCHES)))
         rank = self._rank(model)
         run = self._run_flat if self.backend == "flat" else self._run_pyro
-        values, log_q, extra, elbo = run(model, x, y, init, rank, seed, progress)
+        values, log_q, extra, elbo = run(model, x, y, init, rank, seed, progress, batch)
         if rank is not None:
             extra["rank"] = rank
+        extra["batch_size"] = x.shape[0] if batch is None else batch
         log_joint = _log_joint(model, values, x, y)
         return MethodResult(
             draws={name: value.unsqueeze(0) for name, value in values.items()},
-            stats={"elbo": elbo, "log_q": log_q.unsqueeze(0).numpy(),
-                   "log_joint": log_joint.unsqueeze(0).numpy()},
+            stats={"elbo": elbo, "log_q": log_q.unsqueeze(0).cpu().numpy(),
+                   "log_joint": log_joint.unsqueeze(0).cpu().numpy()},
             extra={"backend": self.backend, **extra})
 
     def _run_flat(self, model: BayesianResNet, x: Tensor, y: Tensor, init: dict[str, Tensor],
-                  rank: int | None, seed: int, progress: bool
+                  rank: int | None, seed: int, progress: bool, batch: int | None
                   ) -> tuple[dict[str, Tensor], Tensor, dict[str, Any], np.ndarray]:
-        fit = fit_flat_gaussian(lambda z: model.log_density(z, x, y), model.unconstrain(init),
+        fit = fit_flat_gaussian(minibatch_log_density(model, x, y), model.unconstrain(init),
                                 rank=rank, init_scale=float(self.init_scale), steps=self.steps,
                                 lr=float(self.lr), num_particles=self.num_particles,
                                 num_draws=self.num_draws, seed=seed, clip=_CLIP_NORM,
                                 final_lr_fraction=_FINAL_LR_FRACTION, progress=progress,
-                                desc=self.name)
+                                desc=self.name, num_data=x.shape[0], batch_size=batch)
         with torch.no_grad():
             values, log_det = model.constrain(fit.draws)
         # q's density of the constrained values: the Gaussian's minus the log-Jacobian.
         return dict(values), fit.log_q - log_det, dict(fit.params), fit.elbo
 
     def _run_pyro(self, model: BayesianResNet, x: Tensor, y: Tensor, init: dict[str, Tensor],
-                  rank: int | None, seed: int, progress: bool
+                  rank: int | None, seed: int, progress: bool, batch: int | None
                   ) -> tuple[dict[str, Tensor], Tensor, dict[str, Any], np.ndarray]:
         guide_class = AutoNormal if rank is None else AutoLowRankMultivariateNormal
         kwargs: dict[str, Any] = {"init_loc_fn": init_to_value(values=init),
@@ -293,7 +367,8 @@ class _AutoGuideVI(InferenceMethod):
             kwargs["rank"] = rank
         fit = _fit_guide(model, guide_class, (x, y), guide_kwargs=kwargs, steps=self.steps,
                          lr=float(self.lr), num_particles=self.num_particles,
-                         num_draws=self.num_draws, seed=seed, progress=progress, desc=self.name)
+                         num_draws=self.num_draws, seed=seed, progress=progress, desc=self.name,
+                         model_kwargs=None if batch is None else {"subsample_size": batch})
         missing = [name for name in model.latent_sites if name not in fit.draws]
         if missing:
             raise RuntimeError(f"{self.name}: the guide produced no draws for sites {missing}")
@@ -337,6 +412,12 @@ class MeanField(_AutoGuideVI):
         (``benchmarks/vi.py``); ``'pyro'`` runs Pyro's SVI with ``AutoNormal``, the reference
         implementation. Same family, same objective; the draws of a given seed differ between
         the two.
+    batch_size : int, optional
+        Minibatch size B (1 <= B <= N): each step's ELBO uses B points with their log
+        likelihood scaled by N / B (an unbiased estimate; the flat backend cycles through
+        random permutations of the data, the Pyro backend subsamples the model's ``data``
+        plate). None (default) or N: full batch. Worth it for N in the thousands, where a
+        full-batch step's cost grows with N; the ELBO trace is then noisier.
     """
 
     steps: int = 5000
@@ -347,6 +428,7 @@ class MeanField(_AutoGuideVI):
     init: str = "network"
     init_steps: int = 1000
     backend: str = "flat"
+    batch_size: int | None = None
 
     name: ClassVar[str] = "meanfield"
     kind: ClassVar[str] = "variational"
@@ -368,7 +450,7 @@ class LowRank(_AutoGuideVI):
     rank : int, optional
         Rank of F; default :func:`default_rank` (about sqrt(dim)). Must not exceed the model's
         number of parameters.
-    steps, lr, num_particles, num_draws, init_scale, init, init_steps
+    steps, lr, num_particles, num_draws, init_scale, init, init_steps, batch_size
         As for :class:`MeanField`.
     backend : {'flat', 'pyro'}
         As for :class:`MeanField`; ``'pyro'`` uses ``AutoLowRankMultivariateNormal``.
@@ -383,6 +465,7 @@ class LowRank(_AutoGuideVI):
     init: str = "network"
     init_steps: int = 1000
     backend: str = "flat"
+    batch_size: int | None = None
 
     name: ClassVar[str] = "lowrank"
     kind: ClassVar[str] = "variational"
