@@ -152,7 +152,7 @@ class Monomial(Basis):
 
     def _evaluate(self, t: Tensor, depth: int, horizon: float) -> Tensor:
         s = (t / horizon).unsqueeze(-1)
-        powers = torch.arange(self.degree + 1, dtype=t.dtype)
+        powers = torch.arange(self.degree + 1, dtype=t.dtype, device=t.device)
         return s**powers
 
     def config(self) -> dict[str, Any]:

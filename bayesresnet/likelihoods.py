@@ -85,7 +85,7 @@ class Gaussian:
             return output[..., :k], torch.exp(log_scale)
         if self.noise is None:
             return output, values["noise"].unsqueeze(-2)
-        return output, torch.tensor(self.noise, dtype=output.dtype)
+        return output, torch.tensor(self.noise, dtype=output.dtype, device=output.device)
 
     def config(self) -> dict[str, Any]:
         return {"name": "Gaussian", "noise": self.noise, "heteroscedastic": self.heteroscedastic,

@@ -68,8 +68,12 @@ class BayesianResNet(PyroModule):
         whose output layer is doubled (mean and log-scale per output); ``out_dim`` stays the
         number of observed outputs.
     prior : Prior
-        :class:`~bayesresnet.priors.Normal` (default scale 1) or
-        :class:`~bayesresnet.priors.Hierarchical`.
+        :class:`~bayesresnet.priors.Normal` (default scale 1),
+        :class:`~bayesresnet.priors.Hierarchical`, or a prior over depth:
+        :class:`~bayesresnet.priors.RandomWalk`, :class:`~bayesresnet.priors.Decaying`,
+        :class:`~bayesresnet.priors.Horseshoe` (see :doc:`/depth_priors`). Structured priors are
+        non-centered: their latent sites (``<site>_raw`` and hyperparameters) differ from the
+        network's parameter sites, which :meth:`net_params` computes from them.
     likelihood : likelihoods.Gaussian
         Observation model (default: one learned noise scale per output).
 
@@ -146,7 +150,8 @@ class BayesianResNet(PyroModule):
         return dict(self._offsets)
 
     def net_params(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Network parameters from latent values (identity for the Normal prior)."""
+        """Network parameters from latent values, each (*S, *param_shape) for values with
+        leading sample dims S (identity for the Normal prior)."""
         return self.prior.net_params(values, self.net.param_shapes)
 
     def config(self) -> dict[str, Any]:
@@ -163,26 +168,39 @@ class BayesianResNet(PyroModule):
                    _likelihoods.likelihood_from_config(config["likelihood"]))
 
     # ------------------------------------------------------------------ Pyro model
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None = None, *, subsample_size: int | None = None,
+                subsample: Tensor | None = None) -> Tensor:
         """The Pyro model. ``x`` (N, in_dim); ``y`` (N,) or (N, out_dim) or None.
 
-        Returns the network's mean output, shape (*S, N, out_dim).
+        Returns the network's mean output, shape (*S, N, out_dim) (B in place of N with a
+        subsample).
+
+        ``subsample_size`` (B) or ``subsample`` (B indices) are passed to the ``data`` plate
+        (``pyro.plate``): the model then observes only those points and Pyro scales their log
+        likelihood by N / B, an unbiased estimate of the full data's (minibatch VI).
 
         ``x`` and ``y`` are in the model's standardized units, not the data's original units:
         pass ``post.x_scaler.transform(x)`` (and map outputs back with
         ``post.y_scaler.inverse_transform``), or the data from
         ``bayesresnet.pyro_interop.standardize``; see the class notes.
         """
-        values = {name: pyro.sample(name, site.prior) for name, site in self._sites.items()}
-        loc, scale = self.loc_scale(values, x)
-        # Under enclosing plates (e.g. vectorized ELBO particles) global sites carry a size-1
-        # slot at the data plate's dim; the network's own N axis takes that place.
-        sample_dims = self._check_values(values)
-        if len(sample_dims) and sample_dims[-1] == 1:
-            loc, scale = loc.squeeze(-3), scale.squeeze(-3)
+        priors = self.site_priors(x)
+        values = {name: pyro.sample(name, priors[name]) for name in self._sites}
         if y is not None:
-            y = _as_2d_targets(y, self.out_dim).to(loc.dtype)
-        with pyro.plate("data", x.shape[0], dim=-self.max_plate_nesting):
+            y = _as_2d_targets(y, self.out_dim)
+        with pyro.plate("data", x.shape[0], subsample_size=subsample_size, subsample=subsample,
+                        dim=-self.max_plate_nesting) as index:
+            if index.shape[0] != x.shape[0]:  # a minibatch: the plate's indices
+                x = x[index]
+                y = None if y is None else y[index]
+            loc, scale = self.loc_scale(values, x)
+            # Under enclosing plates (e.g. vectorized ELBO particles) global sites carry a
+            # size-1 slot at the data plate's dim; the network's own N axis takes that place.
+            sample_dims = self._check_values(values)
+            if len(sample_dims) and sample_dims[-1] == 1:
+                loc, scale = loc.squeeze(-3), scale.squeeze(-3)
+            if y is not None:
+                y = y.to(loc.dtype)
             obs_dist = dist.Normal(loc, scale, validate_args=False).to_event(1)
             pyro.sample("obs", obs_dist, obs=y)
         return loc
@@ -199,9 +217,23 @@ class BayesianResNet(PyroModule):
     def log_prior(self, values: Mapping[str, Tensor]) -> Tensor:
         """Sum of the prior log densities of all latent sites, shape (*S,)."""
         total = 0.0
-        for name, site in self._sites.items():
-            total = total + site.prior.log_prob(values[name])
+        priors = self.site_priors(values[next(iter(self._sites))])
+        for name in self._sites:
+            total = total + priors[name].log_prob(values[name])
         return total
+
+    def site_priors(self, like: Tensor) -> dict[str, torch.distributions.Distribution]:
+        """Each latent site's prior with its parameters in the dtype and on the device of
+        ``like`` (the float64 CPU priors of :attr:`latent_sites` themselves for float64 CPU
+        tensors), so that densities and draws stay in the fit's dtype and on its device."""
+        key = (like.dtype, like.device)
+        if key == (torch.float64, torch.device("cpu")):
+            return {name: site.prior for name, site in self._sites.items()}
+        cache = self.__dict__.setdefault("_site_prior_cache", {})
+        if key not in cache:
+            cache[key] = {name: _distribution_to(site.prior, like.dtype, like.device)
+                          for name, site in self._sites.items()}
+        return cache[key]
 
     def loc_scale(self, values: Mapping[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
         """Predictive mean and noise scale of each observation, each (*S, N, out_dim)."""
@@ -226,7 +258,8 @@ class BayesianResNet(PyroModule):
         loc, scale = self.loc_scale(values, x)
         y = _as_2d_targets(y, self.out_dim).to(loc.dtype)
         z = (y - loc) / scale
-        log_norm = torch.log(scale) + 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=loc.dtype))
+        log_norm = torch.log(scale) + 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=loc.dtype,
+                                                                     device=loc.device))
         return (-0.5 * z * z - log_norm).sum(-1)
 
     def log_joint(self, values: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -254,7 +287,7 @@ class BayesianResNet(PyroModule):
                              f"got shape {tuple(z.shape)}")
         batch = z.shape[:-1]
         values: dict[str, Tensor] = {}
-        log_det = torch.zeros(batch, dtype=z.dtype)
+        log_det = torch.zeros(batch, dtype=z.dtype, device=z.device)
         for name, site in self._sites.items():
             start, stop = self._offsets[name]
             u = z[..., start:stop].reshape(batch + site.shape)
@@ -284,8 +317,9 @@ class BayesianResNet(PyroModule):
         values, log_det = self.constrain(z)
         block = self._normal_block
         log_prior = block.log_prob(z)
+        priors = self.site_priors(z) if block.other_sites else {}
         for name in block.other_sites:
-            log_prior = log_prior + self._sites[name].prior.log_prob(values[name])
+            log_prior = log_prior + priors[name].log_prob(values[name])
         return log_prior + self.log_likelihood(values, x, y).sum(-1) + log_det
 
     # ------------------------------------------------------------------ draws
@@ -329,6 +363,7 @@ class _NormalBlock:
         self._index = index
         self._loc = loc if bool((loc != 0).any()) else None
         self._inv_scale = inv_scale
+        self._cast: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     @classmethod
     def of(cls, sites: Mapping[str, _priors.LatentSite],
@@ -357,13 +392,37 @@ class _NormalBlock:
     def log_prob(self, z: Tensor) -> Tensor:
         """Joint prior log density of the block, shape (*S,) for z (*S, dim)."""
         if self._index.numel() == 0:
-            return torch.zeros(z.shape[:-1], dtype=z.dtype)
+            return torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
         u = z[..., self._slice[0]:self._slice[1]] if self._slice else z[..., self._index]
         if self._loc is not None:
-            u = u - self._loc.to(z.dtype)
-        inv_scale = self._inv_scale if z.dtype == torch.float64 else self._inv_scale.to(z.dtype)
+            u = u - self._loc.to(dtype=z.dtype, device=z.device)
+        inv_scale = self._inv_scale
+        if (z.dtype, z.device) != (inv_scale.dtype, inv_scale.device):
+            key = (z.dtype, z.device)  # one copy per dtype and device, not one per call
+            if key not in self._cast:
+                self._cast[key] = inv_scale.to(dtype=z.dtype, device=z.device)
+            inv_scale = self._cast[key]
         standardized = u * inv_scale
         return -0.5 * (standardized * standardized).sum(-1) - self._log_norm
+
+
+def _distribution_to(distribution: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """A copy of a torch (or Pyro) distribution, or transform, with its floating tensors in
+    ``dtype`` on ``device``: the parameters of it and of the distributions and transforms it
+    wraps (``Independent``, expanded, transformed distributions), cached ones included."""
+    if isinstance(distribution, Tensor):
+        if distribution.is_floating_point():
+            return distribution.to(dtype=dtype, device=device)
+        return distribution.to(device=device)
+    if isinstance(distribution, (list, tuple)) and not hasattr(distribution, "_fields"):
+        return type(distribution)(_distribution_to(item, dtype, device) for item in distribution)
+    if not isinstance(distribution, (torch.distributions.Distribution,
+                                     torch.distributions.Transform)):
+        return distribution
+    copied = object.__new__(type(distribution))
+    copied.__dict__.update({key: _distribution_to(value, dtype, device)
+                            for key, value in vars(distribution).items()})
+    return copied
 
 
 def _is_real(support: constraints.Constraint) -> bool:

@@ -86,7 +86,8 @@ def start_positions(model: BayesianResNet, x: Tensor, y: Tensor, z_start: Tensor
                     init_steps: int, first_chain: int = 0, owner: str = "NUTS") -> Tensor:
     """Starting points (C, dim) of chains first_chain, first_chain + 1, ... from their flat
     starting draws ``z_start`` (C, dim): unchanged, or after a MAP optimization batched over
-    C."""
+    C. The starting points are in the dtype and on the device of ``x``."""
+    z_start = z_start.to(x)
     if init in OPTIMIZED_INITS:
         z0, start = map_fit(model, x, y, z_start, init_steps, _INIT_LR)
     else:
@@ -136,7 +137,7 @@ def constrained_draws(model: BayesianResNet, x: Tensor, y: Tensor,
                 parts[name].append(value)
     draws = {name: torch.cat(v).reshape((chains, num, *model.latent_shapes[name]))
              for name, v in parts.items()}
-    return draws, torch.cat(log_joint).reshape(chains, num).numpy()
+    return draws, torch.cat(log_joint).reshape(chains, num).cpu().numpy()
 
 
 

@@ -336,11 +336,12 @@ def _plan(model: BayesianResNet, x: Tensor, y: Tensor, seed: int, *, members: in
           noise: str = "map") -> Plan:
     """The member groups of a run as units of work, and their merge."""
     generator = seeded_generator(seed)
-    z0 = initial_points(model, generator, members)
+    z0 = initial_points(model, generator, members).to(x)  # in the data's dtype, on its device
     # Drawn whether or not it is used, so anchored and plain ensembles with the same seed share
     # their initializations and minibatch streams and differ only by the anchoring.
     anchor_seed = int(torch.randint(0, 2**62, (), generator=generator))
-    anchor = anchor_draws(model, anchor_seed, members) if anchored else None
+    anchor = ({name: value.to(x) for name, value in
+               anchor_draws(model, anchor_seed, members).items()} if anchored else None)
     effective_batch = default_batch_size(x.shape[0]) if batch_size is None else batch_size
     groups = split_range(members, members if members_per_unit is None else members_per_unit)
     units = []
@@ -385,16 +386,19 @@ def _train_member_group(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor,
         log_joint = model.log_joint(values, x, y)
     draws = {name: value.unsqueeze(0) for name, value in values.items()}
     stats = {
-        "final_loss": (-final).numpy(),
-        "loss": (-history).numpy(),
-        "log_joint": log_joint.unsqueeze(0).numpy(),
+        "final_loss": (-final).cpu().numpy(),
+        "loss": (-history).cpu().numpy(),
+        "log_joint": log_joint.unsqueeze(0).cpu().numpy(),
     }
     if settings.get("noise", "map") != "map" and model.likelihood.learns_noise \
             and linearization_fits(model, x.shape[0]):
         # Each member's noise posterior, tabulated; the merge draws from them (stratified
-        # across all members, which needs every group's tables).
-        tables = [noise_posterior(model, {name: value[c] for name, value in values.items()},
-                                  x, y) for c in range(z.shape[0])]
+        # across all members, which needs every group's tables). Tabulated in float64 on the
+        # CPU whatever the fit's dtype and device: a small one-off computation.
+        cpu64 = {"device": "cpu", "dtype": torch.float64}
+        tables = [noise_posterior(model, {name: value[c].to(**cpu64)
+                                          for name, value in values.items()},
+                                  x.to(**cpu64), y.to(**cpu64)) for c in range(z.shape[0])]
         for i, key in enumerate(_NOISE_TABLES):
             stats[key] = torch.stack([table[i] for table in tables]).numpy()
     return MethodResult(draws, stats)
@@ -429,8 +433,8 @@ def _combine_member_groups(results: list[MethodResult], *, batch_size: int,
                       "for gamma effective parameters (little where N is far above the number "
                       "of parameters)", UserWarning, stacklevel=2)
         return MethodResult(draws, stats, extra={**extra, "noise": "map"})
-    grid, cdf, gamma = (torch.as_tensor(stats.pop(key)) for key in _NOISE_TABLES)
-    stats["map_noise"] = draws["noise"][0].numpy().copy()
+    grid, cdf, gamma = (torch.as_tensor(stats.pop(key), device="cpu") for key in _NOISE_TABLES)
+    stats["map_noise"] = draws["noise"][0].cpu().numpy().copy()
     noise = _draw_noise(grid, cdf, seeded_generator(noise_seed))
     effective = np.array([[np.interp(math.log(float(noise[m, k])), grid[m, k].numpy(),
                                      gamma[m, k].numpy())
@@ -439,11 +443,11 @@ def _combine_member_groups(results: list[MethodResult], *, batch_size: int,
     if widen:
         stats["posterior_noise"] = noise.numpy().copy()
         num = x.shape[0]
-        noise = noise * torch.as_tensor(np.sqrt(num / (num - effective)))
-    draws["noise"] = noise.unsqueeze(0).to(draws["noise"].dtype)
+        noise = noise * torch.as_tensor(np.sqrt(num / (num - effective)), device="cpu")
+    draws["noise"] = noise.unsqueeze(0).to(draws["noise"])  # its dtype and device
     with torch.no_grad():
         stats["log_joint"] = model.log_joint({name: value[0] for name, value in draws.items()},
-                                             x, y).unsqueeze(0).numpy()
+                                             x, y).unsqueeze(0).cpu().numpy()
     return MethodResult(draws, stats,
                         extra={**extra, "noise": "predictive" if widen else "posterior"})
 

@@ -255,18 +255,19 @@ def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Genera
     TuningResult
     """
     chains, dim = state.position.shape
-    dtype = state.position.dtype
-    ones = torch.ones(chains, dtype=dtype)
+    dtype, device = state.position.dtype, state.position.device
+    ones = torch.ones(chains, dtype=dtype, device=device)
     params = Parameters(0.25 * math.sqrt(dim) * ones, math.sqrt(dim) * ones,
-                        torch.ones(chains, dim, dtype=dtype))
+                        torch.ones(chains, dim, dtype=dtype, device=device))
     adapter = step_size_init(params.step_size)
-    rejected = torch.zeros(chains, dtype=torch.int64)
+    rejected = torch.zeros(chains, dtype=torch.int64, device=device)
     common = (generator, integrator, desired_energy_variance)
 
     state, adapter, rejected = _adaptive_steps(logdensity_fn, state, params, adapter,
                                                steps.phase1, *common, None, rejected, callback, 0)
-    moments = [torch.zeros(chains, dtype=dtype), torch.zeros(chains, dim, dtype=dtype),
-               torch.zeros(chains, dim, dtype=dtype)]
+    moments = [torch.zeros(chains, dtype=dtype, device=device),
+               torch.zeros(chains, dim, dtype=dtype, device=device),
+               torch.zeros(chains, dim, dtype=dtype, device=device)]
     state, adapter, rejected = _adaptive_steps(logdensity_fn, state, params, adapter,
                                                steps.phase2, *common, moments, rejected,
                                                callback, steps.phase1)
@@ -293,7 +294,7 @@ def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Genera
     if steps.phase3 > 1:
         stride = max(1, math.ceil(steps.phase3 * chains * dim * 8 / _PHASE3_BYTES))
         kept = []
-        squared_error = torch.zeros(chains, dtype=dtype)
+        squared_error = torch.zeros(chains, dtype=dtype, device=device)
         for i in range(steps.phase3):
             state, info = mclmc_kernel.step(logdensity_fn, state, params, generator, integrator)
             rejected = rejected + info.diverging.to(rejected.dtype)
@@ -303,8 +304,9 @@ def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Genera
             if callback is not None:
                 callback(done + i, info)
         if len(kept) > 1:
-            ess = effective_sample_size(torch.stack(kept, 1).numpy())  # (C, D)
-            steps_per_draw = torch.as_tensor((len(kept) * stride / ess).mean(-1), dtype=dtype)
+            ess = effective_sample_size(torch.stack(kept, 1).cpu().numpy())  # (C, D)
+            steps_per_draw = torch.as_tensor((len(kept) * stride / ess).mean(-1), dtype=dtype,
+                                             device=device)
             params = params._replace(
                 decoherence_length=decoherence_factor * params.step_size * steps_per_draw)
         # With the parameters fixed the chain may reach sharper curvature than the adaptive

@@ -105,7 +105,9 @@ def init(logdensity_fn: LogDensityFn, position: Tensor, generator: torch.Generat
     """Start ``C`` chains at ``position`` (C, D) with uniformly random unit velocities."""
     position = position.detach().clone()
     log_density, grad = value_and_grad(logdensity_fn, position)
-    velocity = torch.randn(position.shape, generator=generator, dtype=position.dtype)
+    # Drawn on the generator's device (the CPU), so a seed gives the same chains on any device.
+    velocity = torch.randn(position.shape, generator=generator, dtype=position.dtype,
+                           device=generator.device).to(position.device)
     velocity = velocity / velocity.norm(dim=-1, keepdim=True)
     return MCLMCState(position, velocity, log_density, grad)
 
@@ -195,7 +197,8 @@ def partially_refresh(velocity: Tensor, params: Parameters, generator: torch.Gen
     standard normal vector divided by sqrt(D) (of expected unit length), then normalizes.
     """
     keep = torch.exp(-params.step_size / params.decoherence_length).unsqueeze(-1)
-    noise = torch.randn(velocity.shape, generator=generator, dtype=velocity.dtype)
+    noise = torch.randn(velocity.shape, generator=generator, dtype=velocity.dtype,
+                        device=generator.device).to(velocity.device)
     mixed = keep * velocity + torch.sqrt(1 - keep ** 2) * noise / math.sqrt(velocity.shape[-1])
     return mixed / mixed.norm(dim=-1, keepdim=True)
 

@@ -98,7 +98,7 @@ def adam_maximize(objective: Objective, z0: Tensor, steps: int, lr: float, *,
     z = z0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=lr)
     minibatch = num_data is not None and batch_size is not None and batch_size < num_data
-    history = torch.empty((steps, z0.shape[0]), dtype=z0.dtype)
+    history = torch.empty((steps, z0.shape[0]), dtype=z0.dtype, device=z0.device)
     for step in range(steps):
         frac = step / max(steps - 1, 1)
         scale = final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac))

@@ -173,9 +173,10 @@ class SwagGaussian:
         """
         check_positive_int("SwagGaussian.sample", "num", num)
         c, d = self.mean.shape
-        dtype = self.mean.dtype
-        e1 = torch.randn((c, num, d), generator=generator, dtype=dtype)
-        e2 = torch.randn((c, num, self.rank), generator=generator, dtype=dtype)
+        # Drawn on the generator's device (the CPU), then moved to the moments' device.
+        like = {"dtype": self.mean.dtype, "device": generator.device}
+        e1 = torch.randn((c, num, d), generator=generator, **like).to(self.mean.device)
+        e2 = torch.randn((c, num, self.rank), generator=generator, **like).to(self.mean.device)
         factor = self.deviations / math.sqrt(2.0 * (self.rank - 1))
         return (self.mean.unsqueeze(1) + (0.5 * self.variance).sqrt().unsqueeze(1) * e1
                 + e2 @ factor.transpose(-1, -2))
@@ -212,19 +213,21 @@ class SwagMoments:
     members, dim, rank : int
         C, D and K.
     dtype : torch.dtype
+    device : torch.device or str
+        Where the moments live (the iterates' device).
     """
 
     def __init__(self, members: int, dim: int, rank: int,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> None:
         for name, value in (("members", members), ("dim", dim), ("rank", rank)):
             check_positive_int("SwagMoments", name, value)
         if rank < 2:
             raise ValueError(f"SwagMoments: rank must be at least 2, got {rank}")
         self.count = 0
         self.rank = int(rank)
-        self.mean = torch.zeros((members, dim), dtype=dtype)
-        self._sum_squares = torch.zeros((members, dim), dtype=dtype)
-        self._recent = torch.zeros((rank, members, dim), dtype=dtype)
+        self.mean = torch.zeros((members, dim), dtype=dtype, device=device)
+        self._sum_squares = torch.zeros((members, dim), dtype=dtype, device=device)
+        self._recent = torch.zeros((rank, members, dim), dtype=dtype, device=device)
 
     def update(self, z: Tensor) -> None:
         """Collect one iterate per member, ``z`` (C, D)."""
@@ -305,15 +308,16 @@ def max_curvature(objective: Objective, z: Tensor, *, num_data: int, iterations:
     (grad,) = torch.autograd.grad(values.sum(), point, create_graph=True)
     if not bool(torch.isfinite(values).all() and torch.isfinite(grad).all()):
         raise RuntimeError("max_curvature: the objective or its gradient is not finite")
-    dtype = z.dtype
-    basis = torch.zeros((members, steps, dim), dtype=dtype)
-    alpha = torch.zeros((members, steps), dtype=dtype)
-    beta = torch.zeros((members, steps), dtype=dtype)
-    used = torch.zeros((members, steps), dtype=torch.bool)
-    active = torch.ones(members, dtype=torch.bool)
-    scale = torch.zeros(members, dtype=dtype)
+    dtype, device = z.dtype, z.device
+    basis = torch.zeros((members, steps, dim), dtype=dtype, device=device)
+    alpha = torch.zeros((members, steps), dtype=dtype, device=device)
+    beta = torch.zeros((members, steps), dtype=dtype, device=device)
+    used = torch.zeros((members, steps), dtype=torch.bool, device=device)
+    active = torch.ones(members, dtype=torch.bool, device=device)
+    scale = torch.zeros(members, dtype=dtype, device=device)
     tolerance = math.sqrt(torch.finfo(dtype).eps)
-    v = torch.randn((members, dim), generator=generator, dtype=dtype)
+    v = torch.randn((members, dim), generator=generator, dtype=dtype,
+                    device=generator.device).to(device)
     v = v / v.norm(dim=-1, keepdim=True)
     for j in range(steps):
         used[:, j] = active
@@ -410,12 +414,12 @@ def swa_sgd(objective: Objective, z0: Tensor, *, steps: int, lr: float | Tensor,
     if steps // collect_every < rank:
         raise ValueError(f"swa_sgd: {steps} steps collect {steps // collect_every} iterates "
                          f"every {collect_every} steps, fewer than rank={rank}")
-    moments = SwagMoments(z0.shape[0], z0.shape[1], rank, z0.dtype)
+    moments = SwagMoments(z0.shape[0], z0.shape[1], rank, z0.dtype, z0.device)
     minibatch = batch_size is not None and batch_size < num_data
     step_size = (lr.detach().to(z0.dtype) / num_data).unsqueeze(-1) if isinstance(lr, Tensor) \
         else lr / num_data
     z = z0.detach().clone()
-    history = torch.empty((steps, z0.shape[0]), dtype=z0.dtype)
+    history = torch.empty((steps, z0.shape[0]), dtype=z0.dtype, device=z0.device)
     for step in range(steps):
         batch = (torch.randperm(num_data, generator=generator)[:batch_size]
                  if minibatch else None)
@@ -502,8 +506,8 @@ def _run_member_group(model: BayesianResNet, x: Tensor, y: Tensor, z0: Tensor,
         z = gaussian.sample(settings["num_draws"], generator)
         values, log_det = model.constrain(z)
         log_joint = _chunked_log_joint(model, values, x, y)
-    stats = {"loss": (-loss_history).numpy(), "swa_loss": (-swa_history).numpy(),
-             "log_joint": log_joint.numpy()}
+    stats = {"loss": (-loss_history).cpu().numpy(), "swa_loss": (-swa_history).cpu().numpy(),
+             "log_joint": log_joint.cpu().numpy()}
     return _GroupResult(MethodResult(dict(values), stats), gaussian, z, log_det, lambda_max,
                         lrs.detach().clone())
 
@@ -546,12 +550,12 @@ def _combine_member_groups(results: list[_GroupResult], *, batch_size: int | Non
                            for start in range(0, total, chunk)]) - log_det
     stats = {"loss": merged("loss", 1), "swa_loss": merged("swa_loss", 1),
              "log_joint": merged("log_joint", 0).reshape(1, total),
-             "log_q": log_q.reshape(1, total).numpy()}
+             "log_q": log_q.reshape(1, total).cpu().numpy()}
     extra = {"swag_mean": gaussian.mean, "swag_variance": gaussian.variance,
              "swag_deviations": gaussian.deviations, "collected": int(collected),
              "batch_size": None if batch_size is None else int(batch_size),
-             "swa_lambda_max": torch.cat([r.lambda_max for r in results]).numpy(),
-             "swa_lr": torch.cat([r.swa_lr for r in results]).numpy()}
+             "swa_lambda_max": torch.cat([r.lambda_max for r in results]).cpu().numpy(),
+             "swa_lr": torch.cat([r.swa_lr for r in results]).cpu().numpy()}
     return MethodResult(draws, stats, extra)
 
 
@@ -767,7 +771,7 @@ class SWAG(InferenceMethod):
         self.validate(model)
         seed = check_seed(seed)
         generator = seeded_generator(seed)
-        z0 = initial_points(model, generator, self.members)
+        z0 = initial_points(model, generator, self.members).to(x)  # x's dtype and device
         num_data = x.shape[0]
         batch = swa_batch_size(num_data) if self.batch_size is None else int(self.batch_size)
         batch = None if batch >= num_data else batch
