@@ -36,7 +36,7 @@ METHODS: dict[str, Callable[[bool], Any]] = {
     "lowrank": lambda q: brn.LowRank(rank=4, steps=100 if q else 3000),
     "meanfield_pyro": lambda q: brn.MeanField(steps=50 if q else 1000, backend="pyro"),
     "lowrank_pyro": lambda q: brn.LowRank(rank=4, steps=50 if q else 1000, backend="pyro"),
-    "nuts": lambda q: brn.NUTS(num_samples=20 if q else 200, warmup=20 if q else 200,
+    "nuts": lambda q: brn.NUTS(num_samples=20 if q else 200, num_warmup=20 if q else 200,
                                chains=4, max_tree_depth=6 if q else 10),
     "mclmc": lambda q: brn.MCLMC(num_samples=50 if q else 500, num_warmup=200 if q else 2000,
                                  chains=4),
@@ -86,7 +86,7 @@ def check_methods(model: brn.BayesianResNet, x: np.ndarray, y: np.ndarray, devic
 def check_many_chains(model: brn.BayesianResNet, x: np.ndarray, y: np.ndarray, device: str,
                       quick: bool, chains: int) -> None:
     samplers = {
-        "nuts": lambda: brn.NUTS(num_samples=20 if quick else 200, warmup=20 if quick else 200,
+        "nuts": lambda: brn.NUTS(num_samples=20 if quick else 200, num_warmup=20 if quick else 200,
                                  chains=chains, max_tree_depth=6 if quick else 10),
         "mclmc": lambda: brn.MCLMC(num_samples=50 if quick else 500,
                                    num_warmup=200 if quick else 2000, chains=chains),

@@ -74,13 +74,13 @@ class Schedule(NamedTuple):
         return self.phase1 + self.phase2 + self.readjust + self.phase3
 
 
-def schedule(tune_steps: int, diagonal_preconditioning: bool = True) -> Schedule:
-    """Split ``tune_steps`` into the phases: 30% step size, 30% moments, 10% step-size
+def schedule(num_warmup: int, diagonal_preconditioning: bool = True) -> Schedule:
+    """Split ``num_warmup`` into the phases: 30% step size, 30% moments, 10% step-size
     readjustment after preconditioning (given to phase 2 without it), the rest ESS."""
-    phase1 = round(0.3 * tune_steps)
-    readjust = round(0.1 * tune_steps) if diagonal_preconditioning else 0
-    phase2 = round(0.3 * tune_steps) + (0 if diagonal_preconditioning else round(0.1 * tune_steps))
-    return Schedule(phase1, phase2, readjust, tune_steps - phase1 - phase2 - readjust)
+    phase1 = round(0.3 * num_warmup)
+    readjust = round(0.1 * num_warmup) if diagonal_preconditioning else 0
+    phase2 = round(0.3 * num_warmup) + (0 if diagonal_preconditioning else round(0.1 * num_warmup))
+    return Schedule(phase1, phase2, readjust, num_warmup - phase1 - phase2 - readjust)
 
 
 class StepSizeAdapter(NamedTuple):
