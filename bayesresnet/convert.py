@@ -61,7 +61,7 @@ from ._version import __version__
 from .arviz_compat import compare as arviz_compare
 from .arviz_compat import to_inference_data
 from .model import BayesianResNet
-from .validation import check_inputs, check_posterior, check_targets
+from .validation import as_numpy, check_inputs, check_posterior, check_targets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -200,12 +200,6 @@ def _noisy(loc: Tensor, scale: Tensor, generator: torch.Generator) -> np.ndarray
     return (loc + scale * eps).numpy()
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _per_draw_stats(posterior: Posterior) -> dict[str, np.ndarray]:
     """Per-draw statistics (chain, draw) under ArviZ's names, ``lp`` in original units."""
     shape = (posterior.num_chains, posterior.num_draws)
@@ -214,7 +208,7 @@ def _per_draw_stats(posterior: Posterior) -> dict[str, np.ndarray]:
     for ours, theirs in wanted.items():
         if ours not in posterior.stats:
             continue
-        value = _to_numpy(posterior.stats[ours])
+        value = as_numpy(posterior.stats[ours])
         if value.shape == (shape[1],) and shape[0] == 1:
             value = value.reshape(shape)
         if value.shape != shape:

@@ -85,7 +85,7 @@ from torch import Tensor
 
 from .arviz_compat import draws_dataset, ess, ess_by_chain, psislw, rhat_by_chain
 from .arviz_compat import rhat as compat_rhat
-from .validation import check_posterior
+from .validation import as_numpy, check_posterior
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -488,7 +488,7 @@ def _add_sampler_checks(posterior: Posterior, diag: Diagnostics) -> None:
             diag.notes.append(f"stats lack {name!r}; {what} check skipped")
 
     if "diverging" in stats:
-        diverging = _numpy(stats["diverging"]).astype(bool)
+        diverging = as_numpy(stats["diverging"], np.float64).astype(bool)
         fraction = float(diverging.mean())
         diag._add("divergence fraction", fraction, "<=", DIVERGENCE_MAX,
                   f"{fraction:.1%} of transitions diverged (at most {DIVERGENCE_MAX:.0%} "
@@ -500,14 +500,14 @@ def _add_sampler_checks(posterior: Posterior, diag: Diagnostics) -> None:
     else:
         missing("diverging", "divergence")
     if "reached_max_tree_depth" in stats:
-        fraction = float(_numpy(stats["reached_max_tree_depth"]).astype(bool).mean())
+        fraction = float(as_numpy(stats["reached_max_tree_depth"], np.float64).astype(bool).mean())
         diag._add("max tree depth fraction", fraction, "<=", TREE_DEPTH_MAX,
                   f"{fraction:.1%} of transitions hit the maximum tree depth (at most "
                   f"{TREE_DEPTH_MAX:.0%} allowed): raise max_tree_depth or improve warmup")
     else:
         missing("reached_max_tree_depth", "tree depth")
     if "energy" in stats and draws >= 3:
-        values = ebfmi(_numpy(stats["energy"]))
+        values = ebfmi(as_numpy(stats["energy"], np.float64))
         diag.details["ebfmi"] = values
         worst = int(np.argmin(values))
         diag._add("min E-BFMI", float(values[worst]), ">=", EBFMI_MIN,
@@ -522,12 +522,6 @@ def _add_sampler_checks(posterior: Posterior, diag: Diagnostics) -> None:
 # Per-draw statistics of a tree-building Hamiltonian sampler (NUTS: ours, Pyro's, NumPyro's).
 _TREE_SAMPLER_STATS = frozenset({"diverging", "reached_max_tree_depth", "energy", "tree_depth",
                                  "num_steps", "accept_prob"})
-
-
-def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
 
 
 def _add_trend(diag: Diagnostics, histories: np.ndarray, label: str) -> None:
@@ -549,11 +543,12 @@ def _add_trend(diag: Diagnostics, histories: np.ndarray, label: str) -> None:
 def _diagnose_vi(posterior: Posterior, diag: Diagnostics) -> None:
     stats = posterior.stats
     if "elbo" in stats:
-        _add_trend(diag, _numpy(stats["elbo"]).reshape(-1, 1), "ELBO")
+        _add_trend(diag, as_numpy(stats["elbo"], np.float64).reshape(-1, 1), "ELBO")
     elif getattr(posterior.method, "records_elbo", True):
         diag.notes.append("stats lack 'elbo'; ELBO convergence check skipped")
     if "log_joint" in stats and "log_q" in stats:
-        log_w = (_numpy(stats["log_joint"]) - _numpy(stats["log_q"])).reshape(-1)
+        log_w = (as_numpy(stats["log_joint"], np.float64)
+                 - as_numpy(stats["log_q"], np.float64)).reshape(-1)
         if not np.isfinite(log_w).all():
             diag._add("PSIS k-hat", math.nan, "<=", KHAT_MAX,
                       "non-finite importance weights: the guide puts mass where the model "
@@ -751,7 +746,7 @@ def ensemble_loo_pit(posterior: Posterior) -> np.ndarray:
     members = next(iter(draws.values())).shape[0]
     trained_noise = posterior.stats.get("map_noise")
     if trained_noise is not None:
-        trained_noise = _numpy(trained_noise).reshape(members, -1)
+        trained_noise = as_numpy(trained_noise, np.float64).reshape(members, -1)
     pit = torch.zeros(y.shape, dtype=torch.float64)
     for m in range(members):
         values = {name: value[m] for name, value in draws.items()}
@@ -806,7 +801,7 @@ def _add_loo_pit_check(posterior: Posterior, diag: Diagnostics) -> None:
 
 def _diagnose_ensemble(posterior: Posterior, diag: Diagnostics, single: bool) -> None:
     if "loss" in posterior.stats:
-        loss = _numpy(posterior.stats["loss"])
+        loss = as_numpy(posterior.stats["loss"], np.float64)
         _add_trend(diag, loss.reshape(loss.shape[0], -1), "loss")
     else:
         diag.notes.append("stats lack 'loss'; optimization convergence check skipped")

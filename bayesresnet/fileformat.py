@@ -39,7 +39,7 @@ from .model import BayesianResNet
 from .registry import method_class, method_names
 from .resnet import network_from_config
 from .seeds import SEED_MAX
-from .validation import check_posterior
+from .validation import as_numpy, check_posterior
 
 if TYPE_CHECKING:
     from .posterior import Posterior
@@ -62,12 +62,6 @@ _ARRAY_KEY = "__bayesresnet_array__"
 _TUPLE_KEY = "__bayesresnet_tuple__"
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 class _TreeEncoder:
     """Turns nested dicts/lists of arrays, tensors and JSON scalars into JSON plus named arrays.
 
@@ -87,7 +81,7 @@ class _TreeEncoder:
         if isinstance(value, np.generic) and value.dtype.kind in "biuf":
             return value.item()
         if isinstance(value, (Tensor, np.ndarray)):
-            array = _to_numpy(value)
+            array = as_numpy(value)
             if array.dtype.kind not in "biuf":
                 self.skipped.append(where)
                 return None

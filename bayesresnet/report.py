@@ -59,6 +59,7 @@ from .diagnostics import INFO_RULE
 from .ode import posterior_stability
 from .posterior import Posterior, Prediction, as_float_tensor, check_inputs
 from .resnet import ResNet
+from .validation import as_numpy
 
 __all__ = ["SECTIONS", "compare_report", "convergence_text", "report", "shared_results",
            "summary_rows"]
@@ -391,7 +392,7 @@ def _trace_section(posterior: Posterior) -> str | None:
     quantities = _trace_quantities(posterior)
     diverging = None
     if "diverging" in posterior.stats and posterior.num_draws > 1:
-        diverging = _numpy(posterior.stats["diverging"]).astype(bool).reshape(
+        diverging = as_numpy(posterior.stats["diverging"], np.float64).astype(bool).reshape(
             posterior.num_chains, posterior.num_draws)
     parts = ["<p>Marginal densities per chain (left) and traces (right; divergent transitions "
              "marked) of the noise scale and of the network mean f at a few training inputs "
@@ -414,7 +415,7 @@ def _energy_section(posterior: Posterior) -> str | None:
         return None
     if posterior.num_draws < 3:
         return None
-    energy = _numpy(posterior.stats["energy"]).reshape(posterior.num_chains, -1)
+    energy = as_numpy(posterior.stats["energy"], np.float64).reshape(posterior.num_chains, -1)
     centred = (energy - energy.mean(axis=1, keepdims=True)).reshape(-1)
     changes = np.diff(energy, axis=1).reshape(-1)
     fig = _figure(6, 4)
@@ -452,7 +453,7 @@ def _history_plot(history: np.ndarray, ylabel: str, title: str) -> str:
 def _elbo_section(posterior: Posterior) -> str | None:
     if posterior.method.kind != "variational" or "elbo" not in posterior.stats:
         return None
-    elbo = _numpy(posterior.stats["elbo"]).reshape(-1, 1)
+    elbo = as_numpy(posterior.stats["elbo"], np.float64).reshape(-1, 1)
     return ("<p>Evidence lower bound per optimization step (one Monte Carlo estimate per step); "
             "it should level off well before the end.</p>"
             + _history_plot(elbo, "ELBO", "ELBO"))
@@ -461,19 +462,11 @@ def _elbo_section(posterior: Posterior) -> str | None:
 def _loss_section(posterior: Posterior) -> str | None:
     if posterior.method.kind not in ("ensemble", "optimization") or "loss" not in posterior.stats:
         return None
-    loss = _numpy(posterior.stats["loss"])
+    loss = as_numpy(posterior.stats["loss"], np.float64)
     loss = loss.reshape(loss.shape[0], -1)
     return (f"<p>Negative log joint per step for each of the {loss.shape[1]} member(s); each "
             "curve should level off well before the end.</p>"
             + _history_plot(loss, "loss", "loss"))
-
-
-def _numpy(value: Any) -> np.ndarray:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
 
 
 def _names(posterior: Posterior, key: str, count: int, default: str) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["POSTERIOR_ATTRIBUTES", "as_float_tensor", "check_inputs", "check_posterior",
+__all__ = ["POSTERIOR_ATTRIBUTES", "as_float_tensor", "as_numpy", "check_inputs", "check_posterior",
            "check_targets", "column_names"]
 
 POSTERIOR_ATTRIBUTES = ("model", "draws", "stats", "method", "x_scaler", "y_scaler", "seed",
@@ -21,6 +21,16 @@ POSTERIOR_ATTRIBUTES = ("model", "draws", "stats", "method", "x_scaler", "y_scal
 """What the modules below :mod:`bayesresnet.posterior` (conversion, file format, diagnostics)
 use of a :class:`~bayesresnet.Posterior`; they take any object that has it, so that they need
 not import the class."""
+
+
+def as_numpy(value: Any, dtype: Any = None) -> np.ndarray:
+    """A NumPy array of a tensor (detached, on the CPU) or of anything ``np.asarray`` takes.
+
+    ``dtype`` converts the result (e.g. ``np.float64``); None keeps the value's own dtype.
+    """
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
 
 
 def as_float_tensor(values: Any, name: str) -> Tensor:
