@@ -11,7 +11,7 @@ Models are fitted on standardized data; what is exported about observations is i
 units of the training data: ``f`` (the network mean), the posterior and prior predictive draws,
 and the pointwise log-likelihood, which is the log density of the original-units observation,
 
-    log p(y_ij | theta) = log p_std(y_std_ij | theta) - log s_j,
+    log p(y_ij | theta) = log p_scaled(y_scaled_ij | theta) - log s_j,
 
 where ``s_j`` is the scale of output j in the output standardizer (the Jacobian of the affine
 map), so LOO values of models fitted with different scalings, or none, compare directly.

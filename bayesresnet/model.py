@@ -87,16 +87,16 @@ class BayesianResNet(PyroModule):
 
         from pyro.infer import Predictive
 
-        x_std = post.x_scaler.transform(torch.as_tensor(x_new, dtype=torch.float64))
+        x_scaled = post.x_scaler.transform(torch.as_tensor(x_new, dtype=torch.float64))
         out = Predictive(model, posterior_samples=post.flat_draws(),
-                         return_sites=["_RETURN", "obs"])(x_std)
+                         return_sites=["_RETURN", "obs"])(x_scaled)
         f = post.y_scaler.inverse_transform(out["_RETURN"])  # (M, N, out_dim) network means
         y_rep = post.y_scaler.inverse_transform(out["obs"])  # (M, N, out_dim) new observations
 
     ``f`` equals ``post.predict(x_new).f_samples``.
 
     Your own MCMC or SVI must run on the standardized data as well:
-    ``x_std, y_std, _, _ = bayesresnet.pyro_interop.standardize(model, x, y)``, then
+    ``x_scaled, y_scaled, _, _ = bayesresnet.pyro_interop.standardize(model, x, y)``, then
     ``bayesresnet.from_pyro(model, x, y, samples=...)`` (or ``guide=...``) makes a
     ``Posterior`` of the run with the same scalers.
     """

@@ -1165,14 +1165,14 @@ class Laplace(InferenceMethod):
 
     # ------------------------------------------------------------------ hooks of Posterior
     def predictive_loc_scale(self, model: BayesianResNet, values: Mapping[str, Tensor],
-                             x_std: Tensor, extra: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+                             x_scaled: Tensor, extra: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """Predictive mean and noise scale of each draw (standardized units), (S, N, out_dim).
 
         ``'glm'``: the linearized network ``f(x, mu) + J(x) (theta - mu)`` at the mean mu of the
         draw's member (one batched Jacobian-vector product); ``'mc'``: the network.
         """
         if self.predictive == "mc":
-            return model.loc_scale(values, x_std)
+            return model.loc_scale(values, x_scaled)
         layout = NetworkLayout.of(model)
         theta = layout.theta(values).to(torch.float64)
         gaussians = _gaussians(model, extra, self.curvature)
@@ -1180,11 +1180,11 @@ class Laplace(InferenceMethod):
             member = torch.zeros(theta.shape[0], dtype=torch.long)
         else:
             member = torch.stack([g.log_prob(theta) for g in gaussians]).argmax(0)
-        loc = torch.empty(theta.shape[0], x_std.shape[0], model.net.out_dim, dtype=torch.float64)
+        loc = torch.empty(theta.shape[0], x_scaled.shape[0], model.net.out_dim, dtype=torch.float64)
         for m, gaussian in enumerate(gaussians):
             index = (member == m).nonzero().squeeze(-1)
             if index.numel():
-                loc[index] = _linearized(model, layout, gaussian.mean, theta[index], x_std)
+                loc[index] = _linearized(model, layout, gaussian.mean, theta[index], x_scaled)
         _, scale = model.likelihood.loc_scale(loc, values)
         return loc, scale.expand_as(loc)
 
@@ -1303,12 +1303,12 @@ def glm_predictive(posterior: Posterior, x: Any, include_noise: bool = False
         raise ValueError(f"glm_predictive needs a Laplace posterior, got method "
                          f"{posterior.method.name!r}")
     model = posterior.model
-    x_std = posterior.x_scaler.transform(check_inputs(x, model.in_dim))
+    x_scaled = posterior.x_scaler.transform(check_inputs(x, model.in_dim))
     gaussians = _gaussians(model, posterior.extra, posterior.method.curvature)
     noise = posterior.extra["noise"].to(torch.float64)
     means, variances = [], []
     for m, gaussian in enumerate(gaussians):
-        jac, out = network_jacobian(model, gaussian.mean, x_std)
+        jac, out = network_jacobian(model, gaussian.mean, x_scaled)
         var = gaussian.quadratic_forms(jac)
         if include_noise:
             var = var + noise[m] ** 2
