@@ -37,10 +37,16 @@ from .resnet import ResNet
 
 __all__ = ["BayesianResNetRegressor"]
 
-PRIORS = {"normal": _priors.Normal, "hierarchical": _priors.Hierarchical}
+PRIORS = {
+    "normal": _priors.Normal,
+    "hierarchical": _priors.Hierarchical,
+    "random_walk": lambda scale: _priors.RandomWalk(scale=scale),
+    "decaying": lambda scale: _priors.Decaying(scale=scale),
+    "horseshoe": lambda scale: _priors.Horseshoe(scale=scale),
+}
 """Prior names accepted by ``BayesianResNetRegressor(prior=...)``; ``prior_scale`` is the
-``scale`` of :class:`~bayesresnet.priors.Normal` and the ``hyper_scale`` of
-:class:`~bayesresnet.priors.Hierarchical`."""
+``scale`` of :class:`~bayesresnet.priors.Normal` and of the depth priors, and the
+``hyper_scale`` of :class:`~bayesresnet.priors.Hierarchical`."""
 
 LIKELIHOODS = {"gaussian": {}, "heteroscedastic": {"heteroscedastic": True}}
 """Likelihood names accepted by ``BayesianResNetRegressor(likelihood=...)``, with the arguments
@@ -71,8 +77,9 @@ class BayesianResNetRegressor(RegressorMixin, BaseEstimator):
     """Bayesian weight-parameterized ResNet regression, as a scikit-learn estimator.
 
     ``fit`` builds ``ResNet(n_features, n_outputs, width, depth, basis, activation, horizon,
-    integrator)``, puts the prior and likelihood on it (a :class:`~bayesresnet.BayesianResNet`)
-    and runs :func:`bayesresnet.fit` with ``method``; the result is kept as ``posterior_``.
+    integrator, rank)``, puts the prior and likelihood on it (a
+    :class:`~bayesresnet.BayesianResNet`) and runs :func:`bayesresnet.fit` with ``method``; the
+    result is kept as ``posterior_``.
     ``predict`` returns the posterior predictive mean, and with ``return_std=True`` the total
     predictive standard deviation (epistemic and noise), both in the units of ``y``.
 
@@ -92,11 +99,15 @@ class BayesianResNetRegressor(RegressorMixin, BaseEstimator):
         Final time T of the ODE that the ResNet integrates.
     integrator : {"euler", "midpoint", "rk4"}, default="euler"
         Scheme of the residual steps; ``"euler"`` is the ResNet.
-    prior : {"normal", "hierarchical"} or Prior, default="normal"
+    prior : {"normal", "hierarchical", "random_walk", "decaying", "horseshoe"} or Prior, \
+default="normal"
         Prior on the network's parameters: ``"normal"`` is
         ``priors.Normal(prior_scale)``, ``"hierarchical"`` is
-        ``priors.Hierarchical(hyper_scale=prior_scale)``; or a prior object from
-        :mod:`bayesresnet.priors`, used as given.
+        ``priors.Hierarchical(hyper_scale=prior_scale)``, and the depth priors
+        ``"random_walk"``, ``"decaying"`` and ``"horseshoe"`` are ``priors.RandomWalk``,
+        ``priors.Decaying`` and ``priors.Horseshoe`` with ``scale=prior_scale`` and their other
+        settings at their defaults; or a prior object from :mod:`bayesresnet.priors`, used as
+        given.
     prior_scale : float, default=1.0
         Scale of a prior given by name (in standardized units when ``standardize=True``). Must be
         left at 1.0 when ``prior`` is an object, which carries its own scale.
@@ -126,6 +137,8 @@ class BayesianResNetRegressor(RegressorMixin, BaseEstimator):
     check : bool, default=False
         Run the convergence diagnostics after inference and issue a
         :class:`bayesresnet.ConvergenceWarning` when a check fails.
+    rank : int or None, default=None
+        Rank of the hidden weights, W(t) = U(t) V(t)^T (``ResNet(rank=...)``); None is dense.
 
     Attributes
     ----------
@@ -202,6 +215,7 @@ class BayesianResNetRegressor(RegressorMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
         check: bool = False,
+        rank: int | None = None,
     ) -> None:
         self.width = width
         self.depth = depth
@@ -218,6 +232,7 @@ class BayesianResNetRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.progress = progress
         self.check = check
+        self.rank = rank
 
     # ------------------------------------------------------------------ parameters to objects
     def _make_basis(self) -> Basis:
@@ -293,6 +308,7 @@ class BayesianResNetRegressor(RegressorMixin, BaseEstimator):
             activation=self.activation,
             horizon=_as_float("horizon", self.horizon),
             integrator=self.integrator,
+            rank=None if self.rank is None else _as_int("rank", self.rank),
         )
 
     def _seed(self) -> int:

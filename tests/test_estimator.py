@@ -27,7 +27,7 @@ from bayesresnet.estimator import EXPECTED_FAILED_CHECKS, BayesianResNetRegresso
 # A cheap configuration: a tiny network and a short MAP fit (about 0.1 s a fit).
 FAST = {"width": 4, "depth": 2, "method": "map", "method_params": {"steps": 100, "lr": 0.05}}
 PARAMS = ["activation", "basis", "check", "depth", "horizon", "integrator", "likelihood",
-          "method", "method_params", "prior", "prior_scale", "progress", "random_state",
+          "method", "method_params", "prior", "prior_scale", "progress", "random_state", "rank",
           "standardize", "width"]
 
 
@@ -57,7 +57,7 @@ def test_defaults():
                       "horizon": 1.0, "integrator": "euler", "prior": "normal",
                       "prior_scale": 1.0, "likelihood": "gaussian", "method": "ensemble",
                       "method_params": None, "standardize": True, "random_state": None,
-                      "progress": False, "check": False}
+                      "progress": False, "check": False, "rank": None}
 
 
 def test_clone_and_set_params_roundtrip():
@@ -138,6 +138,17 @@ def test_names_map_to_objects(cubic):
     assert isinstance(est.model_.prior, brn.priors.Hierarchical)
     assert est.model_.prior.hyper_scale == 0.7
     assert est.model_.likelihood.heteroscedastic
+
+
+@pytest.mark.parametrize("name, cls", [("random_walk", brn.priors.RandomWalk),
+                                       ("decaying", brn.priors.Decaying),
+                                       ("horseshoe", brn.priors.Horseshoe)])
+def test_depth_prior_names_and_rank(cubic, name, cls):
+    est = fast(basis="piecewise", depth=4, prior=name, prior_scale=0.5, rank=2).fit(*cubic)
+    assert type(est.model_.prior) is cls
+    assert est.model_.prior.scale == 0.5
+    assert est.model_.user_net.rank == 2
+    assert np.isfinite(est.predict(cubic[0])).all()
 
 
 def test_objects_are_used_but_not_shared_or_changed(cubic):
