@@ -527,6 +527,14 @@ def stability(net: ResNet, params: Mapping[str, Tensor], x: Tensor, *,
         * ``stable`` (*S,), bool: every step stable for every input;
         * ``stiffness_ratio`` (*S,);
         * ``layer_stability_probability`` (layer,), ``stability_probability`` (scalar);
+        * ``layer_stability_probability_mcse`` (layer,), ``stability_probability_mcse``
+          (scalar): their Monte Carlo standard errors, ``sqrt(p (1 - p) / ESS)`` with the
+          effective sample size of the 0/1 indicators. With sample dims ``("chain", "draw")``
+          and at least 4 draws per chain the ESS is ArviZ's (``method="mean"``, over all
+          chains, so chains that disagree make it small); otherwise the draws are taken as
+          independent (ESS = their number). It is 0 where every draw agrees (p = 0 or 1),
+          which says nothing about how rare the other outcome is: with M independent draws,
+          its probability is below 3 / M at 95% confidence;
         * ``stiffness_ratio_interval`` (quantile,): empirical quantiles of the draws'
           ratios (each a draw's value, so infinite ratios stay well defined).
 
@@ -593,6 +601,10 @@ def stability(net: ResNet, params: Mapping[str, Tensor], x: Tensor, *,
         "stiffness_ratio": (sample_dims, shaped(ratios)),
         "layer_stability_probability": (("layer",), layer_stable.mean(axis=0)),
         "stability_probability": ((), float(stable.mean())),
+        "layer_stability_probability_mcse": (("layer",), _fraction_mcse(
+            shaped(layer_stable), sample_dims)),
+        "stability_probability_mcse": ((), float(_fraction_mcse(shaped(stable),
+                                                                sample_dims))),
         "stiffness_ratio_interval": (("quantile",),
                                      np.quantile(ratios, quantiles, method="inverted_cdf")),
     })
@@ -604,6 +616,23 @@ def stability(net: ResNet, params: Mapping[str, Tensor], x: Tensor, *,
     attrs = {"dt": net.dt, "scheme": scheme, "tolerance": float(tolerance),
              "level": float(level), "integrator": net.integrator, "draws": total}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _fraction_mcse(indicator: np.ndarray, sample_dims: Sequence[str]) -> np.ndarray:
+    """Monte Carlo standard error of the mean over the sample dims of 0/1 ``indicator``
+    (*S, *rest): ``sqrt(p (1 - p) / ESS)``, shape ``rest`` (see :func:`stability`)."""
+    from .arviz_compat import draws_dataset, ess
+
+    rest = indicator.shape[len(sample_dims):]
+    flat = indicator.reshape(-1, *rest).astype(np.float64)
+    p = flat.mean(axis=0)
+    size = np.full(rest, float(flat.shape[0]))
+    if tuple(sample_dims) == ("chain", "draw") and indicator.shape[1] >= 4:
+        varying = (p > 0) & (p < 1)
+        if varying.any():
+            values = ess(draws_dataset({"v": indicator.astype(np.float64)}), "mean")["v"]
+            size = np.where(varying, np.asarray(values, dtype=np.float64), size)
+    return np.sqrt(p * (1.0 - p) / size)
 
 
 def posterior_stability(posterior: Posterior, x: Any, *, thin: int = 1, scheme: str = "euler",

@@ -279,3 +279,54 @@ def test_report_has_the_section_for_resnets_only(tmp_path):
                        seed=0, progress=False, check=False)
         page = brn.report(post, tmp_path / type(net).__name__).read_text()
         assert ('<h2 id="stability">' in page) == present
+
+
+def _pattern_posterior(unstable):
+    """Draws (chain, draw) whose layer 0 is diag(-3, -30) (unstable at dt = 0.1) where
+    ``unstable`` is True, diag(-1, -10) (stable) elsewhere."""
+    depth = 10
+    chains, draws = unstable.shape
+    scale = torch.ones(chains, draws, depth, dtype=torch.float64)
+    scale[..., 0] = torch.where(torch.as_tensor(unstable), 3.0, 1.0)
+    w = scale[..., None, None] * torch.diag(DIAG)
+    net = brn.ResNet(2, 1, 2, depth, activation="identity")
+    return _posterior(net, {"W_coef": w}, seed=4)
+
+
+def test_probability_mcse_of_independent_draws_is_the_binomial_error():
+    # 200 independent draws, unstable with probability 0.3. The ESS of independent draws is
+    # estimated, not known: over 400 simulated sets of such draws the ratio of this MCSE to
+    # sqrt(p (1 - p) / 200) had mean 0.98, sd 0.11 and range 0.76-1.89, so [0.6, 2.5] fails
+    # far less often than once in 400.
+    unstable = np.random.default_rng(0).uniform(size=(4, 50)) < 0.3
+    post = _pattern_posterior(unstable)
+    data = post.stability(_x(3, 2, 5), eigenvalues=False)
+    p = 1.0 - unstable.mean()
+    assert float(data["stability_probability"]) == pytest.approx(p)
+    ratio = float(data["stability_probability_mcse"]) / np.sqrt(p * (1 - p) / 200)
+    assert 0.6 < ratio < 2.5
+    # Layers that every draw agrees on have no Monte Carlo error; layer 0 has the overall one.
+    mcse = data["layer_stability_probability_mcse"].values
+    np.testing.assert_array_equal(mcse[1:], 0.0)
+    assert mcse[0] == pytest.approx(float(data["stability_probability_mcse"]))
+    assert data["layer_stability_probability_mcse"].dims == ("layer",)
+    # Without chains the draws count as independent: exactly the binomial error.
+    params = {name: value.reshape(200, *value.shape[2:])
+              for name, value in post.model.net_params(post.draws).items()}
+    flat = ode.stability(post.model.net, params, torch.as_tensor(_x(3, 2, 5)),
+                         eigenvalues=False)
+    assert float(flat["stability_probability_mcse"]) == pytest.approx(
+        np.sqrt(p * (1 - p) / 200), rel=1e-12)
+
+
+def test_probability_mcse_grows_when_chains_disagree():
+    # Two chains stable throughout, two unstable throughout: p = 1/2 from what are in effect
+    # 4 draws, not 200, so the error must be far above the independent-draws 0.035.
+    unstable = np.zeros((4, 50), bool)
+    unstable[2:] = True
+    data = _pattern_posterior(unstable).stability(_x(3, 2, 5), eigenvalues=False)
+    assert float(data["stability_probability"]) == 0.5
+    assert float(data["stability_probability_mcse"]) > 3 * np.sqrt(0.25 / 200)
+    agreed = _pattern_posterior(np.zeros((4, 50), bool)).stability(_x(3, 2, 5))
+    assert float(agreed["stability_probability"]) == 1.0
+    assert float(agreed["stability_probability_mcse"]) == 0.0
