@@ -206,6 +206,17 @@ def load_problem(problem: str, n: int, seed: int, test_fraction: float
     return x[train], y[train], x[test], y[test]
 
 
+def build_model(config: dict[str, Any], in_dim: int, out_dim: int) -> Any:
+    """The benchmark's model: ``config['model']``'s ResNet, Normal(0, 1) priors and a Gaussian
+    likelihood with one learned noise scale per output (the library's defaults)."""
+    import bayesresnet as brn
+
+    spec = config["model"]
+    net = brn.ResNet(in_dim, out_dim, width=spec["width"], depth=spec["depth"],
+                     basis=spec["basis"], activation=spec["activation"], horizon=spec["horizon"])
+    return brn.BayesianResNet(net)
+
+
 def build_method(config: dict[str, Any], problem: str, method: str, n_train: int,
                  out_dim: int) -> Any:
     """The inference method object of one unit, with its minibatch size and curvature."""
@@ -226,7 +237,7 @@ def build_method(config: dict[str, Any], problem: str, method: str, n_train: int
     return LIBRARY_METHODS[name](**settings)
 
 
-def _per_output(pred: Any, y_test: np.ndarray) -> dict[str, list[float]]:
+def per_output_scores(pred: Any, y_test: np.ndarray) -> dict[str, list[float]]:
     """The UCI report's metrics of each output's marginal predictive."""
     import torch
 
@@ -268,11 +279,7 @@ def run_unit(config: dict[str, Any], problem: str, method: str) -> dict[str, Any
     seed = int(config["seed"])
     x_train, y_train, x_test, y_test = load_problem(problem, config["sizes"][problem], seed,
                                                     config["test_fraction"])
-    spec = config["model"]
-    net = brn.ResNet(x_train.shape[1], y_train.shape[1], width=spec["width"],
-                     depth=spec["depth"], basis=spec["basis"], activation=spec["activation"],
-                     horizon=spec["horizon"])
-    model = brn.BayesianResNet(net)
+    model = build_model(config, x_train.shape[1], y_train.shape[1])
     inference = build_method(config, problem, method, len(x_train), y_train.shape[1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -283,7 +290,7 @@ def run_unit(config: dict[str, Any], problem: str, method: str) -> dict[str, Any
         start = time.perf_counter()
         pred = posterior.predict(x_test)
         predict_seconds = time.perf_counter() - start
-    scores = _per_output(pred, y_test)
+    scores = per_output_scores(pred, y_test)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {
         "problem": problem, "method": method, "config": unit_key(config, problem, method),

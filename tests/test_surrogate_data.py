@@ -210,7 +210,7 @@ def test_benchmark_per_output_metrics_are_the_marginal_metrics(bench):
     scale = torch.as_tensor(0.5 + rng.uniform(size=(40, 30, 3)))
     pred = Prediction(f, scale, torch.Generator().manual_seed(0))
     y = rng.normal(size=(30, 3))
-    scores = bench._per_output(pred, y)
+    scores = bench.per_output_scores(pred, y)
     for j in range(3):
         assert scores["rmse"][j] == pytest.approx(np.sqrt(np.mean((pred.mean[:, j] - y[:, j])
                                                                   ** 2)))
