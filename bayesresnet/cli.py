@@ -16,6 +16,9 @@ Commands
     took 829 s for NUTS alone at load 4-5, hence :data:`DEMO_SETTINGS`.
 ``bayesresnet fit DATA --target COL [--target COL ...] [--inputs COL ...] --out DIR``
     Fits a Bayesian ResNet to a data file and writes ``DIR/posterior.nc`` and ``DIR/index.html``.
+    Options choose the network (``--basis``, ``--width``, ``--depth``, ``--rank``), the prior
+    (``--prior``, ``--prior-scale``), the method and its settings (``--method``, ``--steps``,
+    ``--batch-size``, ...) and where it computes (``--dtype``, ``--device``).
 ``bayesresnet predict RUN.nc DATA [--out predictions.csv]``
     Posterior predictive summaries at the inputs of a data file, as CSV.
 ``bayesresnet report RUN.nc [--test DATA] [--out DIR]``
@@ -542,12 +545,22 @@ def _demo_fits(model: Any, x: np.ndarray, y: np.ndarray, methods: dict[str, Any]
 
 _METHOD_FLAGS = {
     "nuts": {"num_samples": "num_samples", "num_warmup": "num_warmup", "chains": "chains"},
-    "meanfield": {"steps": "steps", "num_draws": "num_draws"},
-    "lowrank": {"steps": "steps", "num_draws": "num_draws"},
-    "ensemble": {"steps": "steps", "members": "members"},
-    "map": {"steps": "steps"},
+    "meanfield": {"steps": "steps", "num_draws": "num_draws", "batch_size": "batch_size"},
+    "lowrank": {"steps": "steps", "num_draws": "num_draws", "batch_size": "batch_size"},
+    "ensemble": {"steps": "steps", "members": "members", "batch_size": "batch_size"},
+    "map": {"steps": "steps", "batch_size": "batch_size"},
+    "swag": {"members": "members", "num_draws": "num_draws", "batch_size": "batch_size"},
+    "laplace": {"steps": "steps", "members": "members", "num_draws": "num_draws",
+                "batch_size": "batch_size"},
     "mclmc": {"num_samples": "num_samples", "num_warmup": "num_warmup", "chains": "chains"},
 }
+"""The method-setting flags of ``fit`` that each method takes: flag (argparse dest) -> the
+setting of the method class it sets. ``--batch-size`` (minibatches) only for the methods
+whose class has a ``batch_size`` setting; NUTS and MCLMC use every point at every step."""
+
+# Flags of 'fit' that set a method's settings, in the order of the parser.
+_SETTING_FLAGS = ("num_samples", "num_draws", "num_warmup", "chains", "steps", "members",
+                  "batch_size")
 
 # Deprecated flags of 'fit': old flag -> the new flags it stood for (the first one the method
 # takes is meant).
@@ -576,15 +589,30 @@ def _method(args: argparse.Namespace) -> Any:
     for old, news in _OLD_FIT_FLAGS.items():
         _renamed_flag(args, old, next((new for new in news if new in allowed), news[0]))
     settings = {}
-    for flag in ("num_samples", "num_draws", "num_warmup", "chains", "steps", "members"):
+    for flag in _SETTING_FLAGS:
         value = getattr(args, flag)
         if value is None:
             continue
         if flag not in allowed:
+            takers = sorted(name for name, flags in _METHOD_FLAGS.items() if flag in flags)
             raise CLIError(f"{_flag(flag)} does not apply to method {args.method!r} (its "
-                           f"flags: {', '.join(_flag(f) for f in allowed)})")
+                           f"flags: {', '.join(_flag(f) for f in allowed)}; {_flag(flag)} "
+                           f"applies to {', '.join(takers)})")
         settings[allowed[flag]] = value
     return METHODS[args.method](**settings)
+
+
+def _fit_dtype_device(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The torch dtype of ``--dtype`` and the device of ``--device``, checked before any work
+    (a CUDA device that this machine lacks is an error)."""
+    import torch
+
+    from bayesresnet.inference.fit import check_dtype_device
+
+    try:
+        return check_dtype_device(getattr(torch, args.dtype), args.device)
+    except ValueError as err:
+        raise CLIError(f"--device {args.device}: {err}") from None
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -608,7 +636,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if not inputs:
             raise CLIError(f"{table.path} has no columns left as inputs besides the targets")
     method = _method(args)
+    dtype, device = _fit_dtype_device(args)
+    if args.rank is not None and args.rank > args.width:
+        raise CLIError(f"--rank {args.rank} exceeds --width {args.width}: low-rank hidden "
+                       "weights have a rank from 1 to the width")
     x, y = table.values[:, inputs], table.values[:, targets]
+    if args.batch_size is not None and args.batch_size > len(x):
+        raise CLIError(f"--batch-size {args.batch_size} exceeds the {len(x)} rows of "
+                       f"{table.path}")
     for columns, values in ((inputs, x), (targets, y)):
         try:  # fit() would raise the same, but without the file's column names
             brn.data.Standardizer().fit(values, names=[table.label(c) for c in columns])
@@ -623,11 +658,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 test_table.values[:, _select(test_table, labels[1], targets, named)])
     target_folder = _output_folder(args.out)  # checked again when the output is swapped in
     net = brn.ResNet(in_dim=len(inputs), out_dim=len(targets), width=args.width,
-                     depth=args.depth, basis=args.basis)
-    model = brn.BayesianResNet(net, prior=brn.priors.Normal(1.0),
-                               likelihood=brn.likelihoods.Gaussian())
+                     depth=args.depth, basis=args.basis, rank=args.rank)
+    prior = brn.priors.from_name(args.prior, args.prior_scale)
+    model = brn.BayesianResNet(net, prior=prior, likelihood=brn.likelihoods.Gaussian())
+    try:
+        method.validate(model)  # e.g. Laplace takes the normal prior only
+    except ValueError as err:
+        raise CLIError(f"--method {args.method} cannot fit this model (--prior {args.prior}): "
+                       f"{err}") from None
     with _threads(args.threads):
-        post = brn.fit(model, x, y, method=method, seed=args.seed, progress=_progress(args))
+        post = brn.fit(model, x, y, method=method, seed=args.seed, progress=_progress(args),
+                       dtype=dtype, device=device)
         post.extra["columns"] = {
             "named": table.names is not None,
             "inputs": [table.label(c) for c in inputs],
@@ -732,10 +773,22 @@ _positive = _int_at_least(1, "positive")
 _non_negative = _int_at_least(0, "non-negative")
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayesresnet`` command."""
     from bayesresnet._version import __version__
-    from bayesresnet.inference.fit import METHODS
+    from bayesresnet.inference.fit import FIT_DTYPES, METHODS
+    from bayesresnet.priors import NAMED as NAMED_PRIORS
 
     parser = argparse.ArgumentParser(
         prog="bayesresnet",
@@ -785,6 +838,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "monomial<k> (default: %(default)s)")
     fit.add_argument("--width", type=_positive, default=16, help="hidden width (default: 16)")
     fit.add_argument("--depth", type=_positive, default=8, help="residual steps (default: 8)")
+    fit.add_argument("--rank", type=_positive,
+                     help="low-rank hidden weights W(t) = U(t) V(t)^T of this rank, at most the "
+                          "width (default: dense)")
+    fit.add_argument("--prior", choices=sorted(NAMED_PRIORS), default="normal",
+                     help="prior on the network's parameters: normal, hierarchical, or a depth "
+                          "prior (random_walk, decaying, horseshoe; not with --method laplace) "
+                          "(default: %(default)s)")
+    fit.add_argument("--prior-scale", type=_positive_float, default=1.0, metavar="SCALE",
+                     help="scale of the prior (standardized units): the normal and depth priors' "
+                          "scale, the hierarchical prior's hyper_scale (default: 1.0)")
     fit.add_argument("--seed", type=_non_negative, default=0, help="seed (default: 0)")
     fit.add_argument("--out", required=True, help="output folder")
     fit.add_argument("--test", metavar="DATA",
@@ -792,14 +855,26 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--num-samples", type=_positive,
                      help="draws kept per chain (NUTS, MCLMC)")
     fit.add_argument("--num-draws", type=_positive,
-                     help="draws from the fitted approximation (meanfield, lowrank)")
+                     help="draws from the fitted approximation (meanfield, lowrank, swag, "
+                          "laplace)")
     fit.add_argument("--num-warmup", type=_non_negative,
                      help="warmup (tuning) iterations per chain, discarded (NUTS, MCLMC)")
     fit.add_argument("--samples", type=_positive, help=argparse.SUPPRESS)  # deprecated
     fit.add_argument("--warmup", type=_non_negative, help=argparse.SUPPRESS)  # deprecated
     fit.add_argument("--chains", type=_positive, help="chains (NUTS, MCLMC)")
-    fit.add_argument("--steps", type=_positive, help="optimization steps (VI, ensemble, MAP)")
-    fit.add_argument("--members", type=_positive, help="ensemble members")
+    fit.add_argument("--steps", type=_positive,
+                     help="optimization steps (VI, ensemble, MAP, Laplace)")
+    fit.add_argument("--members", type=_positive,
+                     help="members: independent fits (ensemble, SWAG, Laplace)")
+    fit.add_argument("--batch-size", type=_positive, metavar="N",
+                     help="minibatch size of the optimizer (meanfield, lowrank, ensemble, map, "
+                          "swag, laplace; default: the method's)")
+    fit.add_argument("--dtype", choices=[str(d).removeprefix("torch.") for d in FIT_DTYPES],
+                     default="float64",
+                     help="floating type the fit computes in; the saved draws are float64 "
+                          "either way (default: %(default)s)")
+    fit.add_argument("--device", default="cpu",
+                     help="where the fit computes: cpu, cuda, cuda:1, ... (default: %(default)s)")
     fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_cmd_fit)

@@ -239,6 +239,8 @@ def _attrs(posterior: Posterior) -> dict[str, Any]:
         "model_config": json.dumps(posterior.model.config()),
         "seed": posterior.seed,
         "fit_seconds": posterior.fit_seconds,
+        "fit_dtype": posterior.fit_dtype,
+        "fit_device": posterior.fit_device,
         **_library_versions(),
     }
 
@@ -412,7 +414,8 @@ def to_arviz(posterior: Posterior, x_new: Any = None, y_new: Any = None,
         ``log_likelihood``: ``obs`` (and ``obs_joint`` with several outputs), original units.
         ``observed_data``: ``obs``; ``constant_data``: ``x`` (obs_id, input). Each group's
         attributes: the method, its kind and settings (JSON), the model config (JSON), seed,
-        fit seconds and library versions. Noisy draws are reproducible from the fit's seed.
+        fit seconds, the dtype and device the fit computed in (``fit_dtype``,
+        ``fit_device``) and library versions. Noisy draws are reproducible from the fit's seed.
         See the module docstring for units, dims and what ArviZ's diagnostics mean for each
         kind of run. ``Posterior.summary()`` lists the identifiable quantities.
     """

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
@@ -31,22 +32,17 @@ from . import likelihoods as _likelihoods
 from . import priors as _priors
 from .basis import Basis, get_basis
 from .inference.base import InferenceMethod
-from .inference.fit import METHODS, fit
+from .inference.fit import FIT_DTYPES, METHODS, check_dtype_device, fit
 from .model import BayesianResNet
 from .resnet import ResNet
 
 __all__ = ["BayesianResNetRegressor"]
 
-PRIORS = {
-    "normal": _priors.Normal,
-    "hierarchical": _priors.Hierarchical,
-    "random_walk": lambda scale: _priors.RandomWalk(scale=scale),
-    "decaying": lambda scale: _priors.Decaying(scale=scale),
-    "horseshoe": lambda scale: _priors.Horseshoe(scale=scale),
-}
-"""Prior names accepted by ``BayesianResNetRegressor(prior=...)``; ``prior_scale`` is the
-``scale`` of :class:`~bayesresnet.priors.Normal` and of the depth priors, and the
-``hyper_scale`` of :class:`~bayesresnet.priors.Hierarchical`."""
+PRIORS = _priors.NAMED
+"""Prior names accepted by ``BayesianResNetRegressor(prior=...)``: the registry
+:data:`bayesresnet.priors.NAMED` itself (this name is kept for code that imported it from
+here); a name becomes a prior through :func:`bayesresnet.priors.from_name` with
+``prior_scale``."""
 
 LIKELIHOODS = {"gaussian": {}, "heteroscedastic": {"heteroscedastic": True}}
 """Likelihood names accepted by ``BayesianResNetRegressor(likelihood=...)``, with the arguments
@@ -73,13 +69,28 @@ def _as_float(name: str, value: Any) -> float:
     raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
+DTYPES: dict[str, torch.dtype] = {str(dtype).removeprefix("torch."): dtype
+                                  for dtype in FIT_DTYPES}
+"""The names ``BayesianResNetRegressor(dtype=...)`` accepts, with the torch dtype of each."""
+
+
+def _as_torch_dtype(value: Any) -> torch.dtype:
+    """The torch dtype of ``dtype=``: a name of :data:`DTYPES` or one of its torch dtypes."""
+    if isinstance(value, torch.dtype) and value in FIT_DTYPES:
+        return value
+    if isinstance(value, str) and value in DTYPES:
+        return DTYPES[value]
+    names = " or ".join(repr(name) for name in DTYPES)
+    raise ValueError(f"dtype must be {names} (or the torch dtype of one), got {value!r}")
+
+
 class BayesianResNetRegressor(RegressorMixin, BaseEstimator):
     """Bayesian weight-parameterized ResNet regression, as a scikit-learn estimator.
 
     ``fit`` builds ``ResNet(n_features, n_outputs, width, depth, basis, activation, horizon,
     integrator, rank)``, puts the prior and likelihood on it (a
-    :class:`~bayesresnet.BayesianResNet`) and runs :func:`bayesresnet.fit` with ``method``; the
-    result is kept as ``posterior_``.
+    :class:`~bayesresnet.BayesianResNet`) and runs :func:`bayesresnet.fit` with ``method``,
+    ``dtype`` and ``device``; the result is kept as ``posterior_``.
     ``predict`` returns the posterior predictive mean, and with ``return_std=True`` the total
     predictive standard deviation (epistemic and noise), both in the units of ``y``.
 
@@ -106,8 +117,8 @@ default="normal"
         ``priors.Hierarchical(hyper_scale=prior_scale)``, and the depth priors
         ``"random_walk"``, ``"decaying"`` and ``"horseshoe"`` are ``priors.RandomWalk``,
         ``priors.Decaying`` and ``priors.Horseshoe`` with ``scale=prior_scale`` and their other
-        settings at their defaults; or a prior object from :mod:`bayesresnet.priors`, used as
-        given.
+        settings at their defaults (:func:`bayesresnet.priors.from_name`); or a prior object
+        from :mod:`bayesresnet.priors`, used as given.
     prior_scale : float, default=1.0
         Scale of a prior given by name (in standardized units when ``standardize=True``). Must be
         left at 1.0 when ``prior`` is an object, which carries its own scale.
@@ -139,6 +150,14 @@ default="normal"
         :class:`bayesresnet.ConvergenceWarning` when a check fails.
     rank : int or None, default=None
         Rank of the hidden weights, W(t) = U(t) V(t)^T (``ResNet(rank=...)``); None is dense.
+    dtype : {"float64", "float32"} or torch.dtype, default="float64"
+        Floating type the fit computes in (``dtype=`` of :func:`bayesresnet.fit`):
+        ``"float32"`` (or ``torch.float32``) is faster per gradient on large data, with
+        float32 rounding. The posterior's draws and the predictions are float64 either way.
+    device : str or torch.device, default="cpu"
+        Where the fit computes (``device=`` of :func:`bayesresnet.fit`): ``"cpu"`` or a CUDA
+        device such as ``"cuda"`` or ``"cuda:1"``; ``fit`` raises a ValueError for a device
+        that this machine does not have. Prediction runs on the CPU.
 
     Attributes
     ----------
@@ -180,8 +199,8 @@ default="normal"
     which a fit with a sensible budget reaches; a very small one (say 100 optimizer steps with
     a heteroscedastic likelihood) can miss it. Checks that compare two fits (idempotence,
     pickling, pipelines, sample order) need an int ``random_state``; with None every ``fit``
-    draws a new seed, as scikit-learn's convention asks. Computation is in float64 whatever the
-    dtype of ``X``, and predictions are float64.
+    draws a new seed, as scikit-learn's convention asks. The fit computes in ``dtype`` (float64
+    by default) whatever the dtype of ``X``, and predictions are float64.
 
     ``score`` is the coefficient of determination R^2 of the predictive mean (averaged over
     outputs); it does not judge the predictive uncertainty, for which see
@@ -216,6 +235,8 @@ default="normal"
         progress: bool = False,
         check: bool = False,
         rank: int | None = None,
+        dtype: str | torch.dtype = "float64",
+        device: str | torch.device = "cpu",
     ) -> None:
         self.width = width
         self.depth = depth
@@ -233,6 +254,8 @@ default="normal"
         self.progress = progress
         self.check = check
         self.rank = rank
+        self.dtype = dtype
+        self.device = device
 
     # ------------------------------------------------------------------ parameters to objects
     def _make_basis(self) -> Basis:
@@ -249,12 +272,12 @@ default="normal"
                 )
             return copy.deepcopy(self.prior)
         key = self.prior.lower() if isinstance(self.prior, str) else None
-        if key not in PRIORS:
+        if key not in _priors.NAMED:
             raise ValueError(
-                f"prior must be one of {sorted(PRIORS)} or a bayesresnet.priors.Prior, "
+                f"prior must be one of {sorted(_priors.NAMED)} or a bayesresnet.priors.Prior, "
                 f"got {self.prior!r}"
             )
-        return PRIORS[key](_as_float("prior_scale", self.prior_scale))
+        return _priors.from_name(key, _as_float("prior_scale", self.prior_scale))
 
     def _make_likelihood(self) -> _likelihoods.Gaussian:
         if isinstance(self.likelihood, _likelihoods.Gaussian):
@@ -339,6 +362,7 @@ default="normal"
         prior = self._make_prior()
         likelihood = self._make_likelihood()
         method = self._make_method()
+        dtype, device = check_dtype_device(_as_torch_dtype(self.dtype), self.device)
         for name in ("standardize", "progress", "check"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -348,7 +372,7 @@ default="normal"
         model = BayesianResNet(net, prior=prior, likelihood=likelihood)
         posterior = fit(model, X, y_2d, method=method, seed=self._seed(),
                         standardize=bool(self.standardize), progress=bool(self.progress),
-                        check=bool(self.check))
+                        check=bool(self.check), dtype=dtype, device=device)
         self.model_ = model
         self.posterior_ = posterior
         self.n_outputs_ = y_2d.shape[1]

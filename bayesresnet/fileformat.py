@@ -4,9 +4,9 @@ The file is written with xarray (engine ``h5netcdf``); neither writing nor readi
 a file saved under one ArviZ line loads under the other. Its groups are the ArviZ groups of
 :func:`bayesresnet.convert.inference_groups`, so ``arviz.from_netcdf(path)`` opens it on either
 line. The root group holds what :func:`read` needs besides the draws (which it takes from the
-``posterior`` group): JSON strings in attributes (model, method, scalers, seed, column names, ...)
-and plain numeric arrays (training data, ``stats``, array-valued ``extra``). Nothing is pickled
-and reading never executes code.
+``posterior`` group): JSON strings in attributes (model, method, scalers, seed, column names,
+the fit's dtype and device, ...) and plain numeric arrays (training data, ``stats``,
+array-valued ``extra``). Nothing is pickled and reading never executes code.
 
 This module imports no inference code (a saved run's method is rebuilt from
 :mod:`bayesresnet.registry`) and not :mod:`bayesresnet.posterior` either: :func:`save` takes
@@ -130,6 +130,8 @@ def _root_dataset(posterior: Posterior) -> Any:
         "bayesresnet_extra": json.dumps(extra),
         "bayesresnet_feature_names": json.dumps(posterior.feature_names),
         "bayesresnet_target_names": json.dumps(posterior.target_names),
+        "bayesresnet_fit_dtype": json.dumps(posterior.fit_dtype),
+        "bayesresnet_fit_device": json.dumps(posterior.fit_device),
     }
     return xr.Dataset(data_vars, attrs=attrs)
 
@@ -213,7 +215,12 @@ _ARRAY_KINDS = "biuf"
 _FORMAT_KEY = "bayesresnet_format"
 _VERSION_KEY = "bayesresnet_format_version"
 _METADATA_KEYS = ("model", "method", "x_scaler", "y_scaler", "seed", "fit_seconds", "sites",
-                  "stats", "extra", "feature_names", "target_names")
+                  "stats", "extra", "feature_names", "target_names", "fit_dtype", "fit_device")
+
+# What a run written before the fit's dtype and device were stored was fitted in.
+_FIT_DEFAULTS = {"fit_dtype": "float64", "fit_device": "cpu"}
+# Longest fit_dtype or fit_device read (device strings such as "cuda:12" are short).
+_MAX_FIT_SETTING_CHARS = 64
 
 # Linear-time passes for the nesting check: escape pairs, then string literals, then all but
 # brackets are dropped (for valid JSON this leaves exactly its structural brackets).
@@ -628,6 +635,20 @@ def _names(attrs: Mapping[str, Any], key: str, count: int, path: str) -> list[st
     return value
 
 
+def _fit_setting(attrs: Mapping[str, Any], key: str, path: str) -> str:
+    """A stored ``fit_dtype`` or ``fit_device``: a short string, or the default of
+    ``_FIT_DEFAULTS`` in files written before they were stored. What the string names is
+    checked by :class:`~bayesresnet.Posterior`."""
+    attr = f"bayesresnet_{key}"
+    if attr not in attrs:
+        return _FIT_DEFAULTS[key]
+    value = _json_attr(attrs, attr, path)
+    if not (isinstance(value, str) and 0 < len(value) <= _MAX_FIT_SETTING_CHARS):
+        raise PosteriorFileError(f"{path!r}: {key} is {_short(value)}, not a name of at most "
+                                 f"{_MAX_FIT_SETTING_CHARS} characters")
+    return value
+
+
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _GLOBAL_HEAP = b"GCOL"
 _SCAN_CHUNK = 1 << 20
@@ -739,8 +760,10 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     off its boundary), the training data (finite, ``(N, in_dim)`` and ``(N, out_dim)``), the
     scalers (valid, one column per input and output), the method settings (the method's own
     checks, and those against the model), the seed (an integer in [0, 2**63 - 1]),
-    ``fit_seconds`` (finite, >= 0), the column names (strings, one per column), and the arrays
-    in ``stats`` and ``extra`` (bool, integer or float, as their metadata says).
+    ``fit_seconds`` (finite, >= 0), the column names (strings, one per column), the fit's dtype
+    and device (short strings; a file written before they were stored reads as ``"float64"``
+    and ``"cpu"``), and the arrays in ``stats`` and ``extra`` (bool, integer or float, as
+    their metadata says).
 
     Parameters
     ----------
@@ -751,7 +774,8 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     dict
         ``model``, ``draws``, ``stats``, ``method``, ``x_scaler``, ``y_scaler``, ``seed``,
         ``fit_seconds``, ``x_train``, ``y_train``, ``extra``, ``feature_names``,
-        ``target_names``: the keyword arguments of :class:`~bayesresnet.Posterior`.
+        ``target_names``, ``fit_dtype``, ``fit_device``: the keyword arguments of
+        :class:`~bayesresnet.Posterior`.
 
     Raises
     ------
@@ -832,6 +856,8 @@ def _rebuild(reader: _FileReader, attrs: Mapping[str, Any]) -> dict[str, Any]:
         trees[key] = tree
     names = {"feature_names": _names(attrs, "feature_names", model.in_dim, path),
              "target_names": _names(attrs, "target_names", model.out_dim, path)}
+    fit_settings = {key: _fit_setting(attrs, key, path) for key in _FIT_DEFAULTS}
     return {"model": model, "draws": draws, "stats": trees["stats"], "method": method,
             "x_scaler": x_scaler, "y_scaler": y_scaler, "seed": seed, "fit_seconds": fit_seconds,
-            "x_train": x_train, "y_train": y_train, "extra": trees["extra"], **names}
+            "x_train": x_train, "y_train": y_train, "extra": trees["extra"], **names,
+            **fit_settings}

@@ -69,6 +69,27 @@ def _checked_names(names: Any, count: int, what: str) -> list[str] | None:
     return names
 
 
+# The values of Posterior.fit_dtype: the names of the dtypes bayesresnet.fit computes in.
+_FIT_DTYPE_NAMES = ("float64", "float32")
+
+
+def _checked_fit_dtype_device(dtype: Any, device: Any) -> tuple[str, str]:
+    """``fit_dtype`` and ``fit_device`` of a Posterior: a name of ``_FIT_DTYPE_NAMES``, and a
+    device string that torch parses (not necessarily a device of this machine: a run fitted on
+    a GPU loads anywhere)."""
+    if not isinstance(dtype, str) or dtype not in _FIT_DTYPE_NAMES:
+        raise ValueError(f"fit_dtype must be one of {list(_FIT_DTYPE_NAMES)}, got {dtype!r}")
+    if not isinstance(device, str):
+        raise ValueError(f"fit_device must be a device string such as 'cpu' or 'cuda:0', got "
+                         f"{type(device).__name__}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"fit_device {device!r} is not a device name torch understands") \
+            from None
+    return dtype, device
+
+
 def _power_of_two_scale(values: np.ndarray) -> np.ndarray:
     """Per (point, output), the power of two at or above the largest magnitude over draws
     (1 where all are 0 or not finite); dividing by it is exact."""
@@ -285,7 +306,8 @@ class Posterior:
     fit_dtype, fit_device : str
         The floating type and device the fit computed in (``fit(dtype=..., device=...)``),
         e.g. ``"float32"`` and ``"cuda:0"``; the draws are float64 on the CPU whatever they
-        are. Not saved: a loaded posterior reports the defaults.
+        are. Saved with the run and recorded in the ArviZ export's attributes; a run saved
+        before they were recorded loads with the defaults, ``"float64"`` and ``"cpu"``.
     """
 
     fit_dtype: str = "float64"
@@ -296,7 +318,8 @@ class Posterior:
                  y_scaler: Standardizer, seed: int, fit_seconds: float, x_train: np.ndarray,
                  y_train: np.ndarray, extra: Mapping[str, Any] | None = None,
                  feature_names: list[str] | None = None,
-                 target_names: list[str] | None = None) -> None:
+                 target_names: list[str] | None = None, fit_dtype: str = "float64",
+                 fit_device: str = "cpu") -> None:
         missing = [name for name in model.latent_sites if name not in draws]
         if missing:
             raise ValueError(f"draws are missing latent sites {missing}")
@@ -314,6 +337,7 @@ class Posterior:
         self.extra = dict(extra or {})
         self.feature_names = _checked_names(feature_names, model.in_dim, "feature_names")
         self.target_names = _checked_names(target_names, model.out_dim, "target_names")
+        self.fit_dtype, self.fit_device = _checked_fit_dtype_device(fit_dtype, fit_device)
 
     @property
     def num_chains(self) -> int:

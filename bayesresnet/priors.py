@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 __all__ = [
+    "NAMED",
     "Decaying",
     "Hierarchical",
     "Horseshoe",
@@ -41,6 +42,7 @@ __all__ = [
     "Prior",
     "RandomWalk",
     "depth_sites",
+    "from_name",
     "prior_from_config",
 ]
 
@@ -692,3 +694,48 @@ def prior_from_config(config: Mapping[str, Any]) -> Prior:
     if name not in PRIORS:
         raise ValueError(f"unknown prior {name!r}; expected one of {sorted(PRIORS)}")
     return PRIORS[name](**config)
+
+
+NAMED: dict[str, type[Prior]] = {"normal": Normal, "hierarchical": Hierarchical,
+                                 "random_walk": RandomWalk, "decaying": Decaying,
+                                 "horseshoe": Horseshoe}
+"""Prior classes by the short names that :func:`from_name` takes: the names of
+``BayesianResNetRegressor(prior=...)`` and of ``bayesresnet fit --prior``."""
+
+# The keyword argument that the ``scale`` of from_name sets, where it is not ``scale``.
+_SCALE_KEYWORD: dict[type[Prior], str] = {Hierarchical: "hyper_scale"}
+
+
+def from_name(name: str, scale: float = 1.0) -> Prior:
+    """The prior of a short name (:data:`NAMED`) with one scale, its other settings at defaults.
+
+    Parameters
+    ----------
+    name : str
+        ``"normal"``, ``"hierarchical"``, ``"random_walk"``, ``"decaying"`` or
+        ``"horseshoe"`` (case does not matter).
+    scale : float
+        A positive, finite number: the ``scale`` of :class:`Normal` and of the depth priors
+        (:class:`RandomWalk`, :class:`Decaying`, :class:`Horseshoe`), the ``hyper_scale`` of
+        :class:`Hierarchical`.
+
+    Returns
+    -------
+    Prior
+
+    Raises
+    ------
+    ValueError
+        For a name not in :data:`NAMED`, or a scale that is not a positive finite number.
+
+    Examples
+    --------
+    >>> from bayesresnet import priors
+    >>> priors.from_name("hierarchical", 0.5)
+    priors.Hierarchical(hyper_scale=0.5)
+    """
+    key = name.lower() if isinstance(name, str) else None
+    if key not in NAMED:
+        raise ValueError(f"unknown prior {name!r}; expected one of {sorted(NAMED)}")
+    prior_class = NAMED[key]
+    return prior_class(**{_SCALE_KEYWORD.get(prior_class, "scale"): scale})

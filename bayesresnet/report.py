@@ -228,6 +228,7 @@ def _run_section(posterior: Posterior) -> str:
         ("training points", posterior.x_train.shape[0]),
         ("seed", posterior.seed),
         ("fit seconds", round(posterior.fit_seconds, 2)),
+        ("computed in", f"{posterior.fit_dtype} on {posterior.fit_device}"),
         ("bayesresnet version", __version__),
     ]
     if isinstance(columns, dict):
@@ -619,9 +620,11 @@ def _stability_section(posterior: Posterior) -> str | None:
         layers = np.sort(np.argsort(probability, kind="stable")[:_STABILITY_ROWS])
         note = (f"<p>The {_STABILITY_ROWS} layers of lowest probability of the "
                 f"{net.depth}.</p>")
+    mcse = data["layer_stability_probability_mcse"].values
     rows: list[tuple[Any, ...]] = [(f"layer {n}", float(data["time"].values[n]),
-                                    float(probability[n])) for n in layers]
-    rows.append(("every layer", "", float(data["stability_probability"])))
+                                    float(probability[n]), float(mcse[n])) for n in layers]
+    rows.append(("every layer", "", float(data["stability_probability"]),
+                 float(data["stability_probability_mcse"])))
     low, median, high = data["stiffness_ratio_interval"].values
     growing = float((data["spectral_abscissa"].values > 0).mean())
     level = data.attrs["level"]
@@ -634,7 +637,7 @@ def _stability_section(posterior: Posterior) -> str | None:
             "real part: a mode that the ODE itself grows, outside the disc for every step size, "
             "so such steps count as unstable because the learned dynamics expand, not because "
             "dt is too large.</p>" + _png(fig) + note
-            + _table(["step", "t", "P(stable)"], rows)
+            + _table(["step", "t", "P(stable)", "MC standard error"], rows)
             + f"<p>Stiffness ratio max |Re \u03bb| / min |Re \u03bb| over the trajectories "
               f"of a draw: median {_esc(_fmt(float(median)))}, central {level:.0%} interval "
               f"[{_esc(_fmt(float(low)))}, {_esc(_fmt(float(high)))}].</p>")

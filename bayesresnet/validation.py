@@ -17,7 +17,8 @@ __all__ = ["POSTERIOR_ATTRIBUTES", "as_float_tensor", "as_numpy", "check_inputs"
 
 POSTERIOR_ATTRIBUTES = ("model", "draws", "stats", "method", "x_scaler", "y_scaler", "seed",
                         "fit_seconds", "x_train", "y_train", "extra", "feature_names",
-                        "target_names", "num_chains", "num_draws", "evaluate")
+                        "target_names", "num_chains", "num_draws", "evaluate", "fit_dtype",
+                        "fit_device")
 """What the modules below :mod:`bayesresnet.posterior` (conversion, file format, diagnostics)
 use of a :class:`~bayesresnet.Posterior`; they take any object that has it, so that they need
 not import the class."""

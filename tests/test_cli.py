@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import cli_error as _error
 
 from bayesresnet import cli
+from bayesresnet import priors as brn_priors
 from bayesresnet.export import load
+from bayesresnet.inference.fit import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_FIT = ["--method", "ensemble", "--members", "2", "--steps", "40", "--width", "4",
@@ -306,3 +310,88 @@ def test_fit_reproducible(files, tmp_path):
                          "--out", str(tmp_path / name), "--seed", "3", *FAST_FIT]) == 0
         preds.append(load(tmp_path / name / "posterior.nc").predict(files["test"][:, :2]).mean)
     np.testing.assert_array_equal(*preds)
+
+
+# ------------------------------------------------------------------ prior, rank, dtype, device
+def test_fit_with_dtype_prior_rank_and_batch_size(files, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["fit", str(files["csv"]), "--target", "y", "--inputs", "x1", "x2",
+                     "--out", str(out), "--method", "map", "--steps", "30", "--width", "4",
+                     "--depth", "3", "--basis", "piecewise", "--dtype", "float32", "--device",
+                     "cpu", "--prior", "random_walk", "--prior-scale", "0.5", "--rank", "2",
+                     "--batch-size", "10", "--quiet"]) == 0
+    post = load(out / "posterior.nc")
+    assert (post.fit_dtype, post.fit_device) == ("float32", "cpu")
+    assert isinstance(post.model.prior, brn_priors.RandomWalk)
+    assert post.model.prior.scale == 0.5
+    assert post.model.user_net.rank == 2
+    assert post.method.name == "map" and post.method.batch_size == 10
+    assert "float32 on cpu" in (out / "index.html").read_text()
+    assert post.predict(files["test"][:, :2]).mean.dtype == np.float64
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["--prior", "cauchy"], "argument --prior: invalid choice: 'cauchy'"),
+    (["--prior-scale", "-1"], "argument --prior-scale: must be a positive finite number"),
+    (["--prior-scale", "nan"], "argument --prior-scale: must be a positive finite number"),
+    (["--prior-scale", "wide"], "argument --prior-scale: 'wide' is not a number"),
+    (["--rank", "0"], "argument --rank: must be a positive integer"),
+    (["--rank", "two"], "argument --rank: 'two' is not an integer"),
+    (["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
+])
+def test_malformed_fit_settings_exit_2_naming_the_flag(capsys, files, tmp_path, flags, message):
+    code = cli.main(["fit", str(files["csv"]), "--target", "y", "--out", str(tmp_path / "run"),
+                     "--method", "map", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert message in err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--method", "nuts", "--batch-size", "8"],
+     "--batch-size does not apply to method 'nuts' (its flags: --num-samples, --num-warmup, "
+     "--chains; --batch-size applies to ensemble, laplace, lowrank, map, meanfield, swag)"),
+    (["--method", "mclmc", "--batch-size", "8"], "--batch-size does not apply to method 'mclmc'"),
+    (["--method", "map", "--batch-size", "31"], "--batch-size 31 exceeds the 30 rows of"),
+    (["--method", "map", "--width", "4", "--rank", "5"], "--rank 5 exceeds --width 4"),
+    (["--method", "laplace", "--prior", "random_walk"],
+     "--method laplace cannot fit this model (--prior random_walk): Laplace: the model's prior "
+     "must be priors.Normal"),
+    (["--method", "laplace", "--prior", "horseshoe"],
+     "--method laplace cannot fit this model (--prior horseshoe)"),
+    (["--method", "map", "--device", "gpu7"], "--device gpu7: device 'gpu7' is not a device "
+                                              "name torch understands"),
+])
+def test_fit_settings_that_do_not_fit_are_one_line_errors(capsys, files, tmp_path, flags,
+                                                           message):
+    # Each is found before any fitting.
+    line = _error(capsys, ["fit", str(files["csv"]), "--target", "y", "--out",
+                           str(tmp_path / "run"), *flags])
+    assert message in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_fit_on_cuda_without_a_gpu_is_a_one_line_error(capsys, files, tmp_path):
+    line = _error(capsys, ["fit", str(files["csv"]), "--target", "y", "--out",
+                           str(tmp_path / "run"), "--method", "map", "--device", "cuda"])
+    assert "--device cuda: device 'cuda' was requested but no CUDA GPU is available" in line
+
+
+def test_method_flags_are_settings_of_their_methods():
+    # Every method of 'fit --method' has its flags, and each flag sets a real setting; the
+    # minibatch flag goes to exactly the methods whose class takes batch_size.
+    assert set(cli._METHOD_FLAGS) == set(METHODS)
+    for name, flags in cli._METHOD_FLAGS.items():
+        fields = {field.name for field in dataclasses.fields(METHODS[name])}
+        assert set(flags.values()) <= fields, name
+        assert ("batch_size" in flags) == ("batch_size" in fields), name
+    parser = cli.build_parser()
+    for name, flags in (("swag", ["--members", "3", "--batch-size", "4"]),
+                        ("laplace", ["--members", "2", "--steps", "7", "--batch-size", "4"])):
+        args = parser.parse_args(["fit", "data.csv", "--target", "y", "--out", "run",
+                                  "--method", name, *flags])
+        method = cli._method(args)
+        assert method.name == name and method.batch_size == 4

@@ -377,3 +377,44 @@ def test_save_load_and_identifiable_hyperparameters(cubic, key, tmp_path):
     assert posterior["W_coef_raw"].dims == coefficient_dims
     if key == "horseshoe":
         assert posterior["W_coef_local_scale"].dims == coefficient_dims
+
+
+# ------------------------------------------------------------------ priors by name
+@pytest.mark.parametrize("name, prior_class, scale_argument", [
+    ("normal", priors.Normal, "scale"),
+    ("hierarchical", priors.Hierarchical, "hyper_scale"),
+    ("random_walk", priors.RandomWalk, "scale"),
+    ("decaying", priors.Decaying, "scale"),
+    ("horseshoe", priors.Horseshoe, "scale"),
+])
+def test_priors_by_name(name, prior_class, scale_argument):
+    assert priors.NAMED[name] is prior_class
+    prior = priors.from_name(name, 0.4)
+    assert type(prior) is prior_class
+    assert prior.config() == prior_class(**{scale_argument: 0.4}).config()
+    assert priors.from_name(name.upper()).config() == prior_class().config()
+
+
+def test_prior_names_are_one_registry():
+    # The estimator and the command line take the names of priors.NAMED.
+    pytest.importorskip("sklearn")
+    from bayesresnet import cli, estimator
+
+    assert estimator.PRIORS is priors.NAMED
+    parser = cli.build_parser()
+    for name in priors.NAMED:
+        args = parser.parse_args(["fit", "data.csv", "--target", "y", "--out", "run",
+                                  "--prior", name])
+        assert args.prior == name
+
+
+@pytest.mark.parametrize("name, scale, match", [
+    ("laplace", 1.0, r"unknown prior 'laplace'; expected one of \['decaying', "),
+    (None, 1.0, "unknown prior None"),
+    ("normal", 0.0, "scale must be a positive"),
+    ("hierarchical", -1.0, "hyper_scale must be a positive"),
+    ("horseshoe", float("inf"), "scale must be a positive finite number"),
+])
+def test_prior_names_and_scales_are_checked(name, scale, match):
+    with pytest.raises(ValueError, match=match):
+        priors.from_name(name, scale)

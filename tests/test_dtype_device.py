@@ -10,17 +10,22 @@ tensors. ``tools/gpu_check.py`` runs the real thing where a GPU exists.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
 import bayesresnet as brn
+from bayesresnet.convert import inference_groups
+from bayesresnet.fileformat import PosteriorFileError
 from bayesresnet.inference.fit import check_dtype_device
 
 fit_module = importlib.import_module("bayesresnet.inference.fit")  # not the function
@@ -345,3 +350,72 @@ def test_float32_map_predictions_match_float64(toy):
     mean_a, mean_b = a.predict(grid).mean, b.predict(grid).mean
     assert np.abs(mean_a - mean_b).max() <= tolerance
     assert not np.array_equal(mean_a, mean_b)  # it did run in float32
+
+
+# ------------------------------------------------------------------ recorded with the run
+def test_fit_dtype_and_device_are_saved_loaded_and_exported(toy, tmp_path):
+    post = _fit(toy, "map", dtype=torch.float32)
+    path = post.save(tmp_path / "run.nc")
+    back = brn.load(path)
+    assert (back.fit_dtype, back.fit_device) == ("float32", "cpu")
+    with h5py.File(path, "r") as handle:
+        assert json.loads(handle.attrs["bayesresnet_fit_dtype"]) == "float32"
+        assert json.loads(handle.attrs["bayesresnet_fit_device"]) == "cpu"
+    groups = inference_groups(post, predictive=False, prior=False)
+    for group in groups.values():
+        assert (group.attrs["fit_dtype"], group.attrs["fit_device"]) == ("float32", "cpu")
+
+
+def _with_fit_settings(post: brn.Posterior, **settings: str) -> brn.Posterior:
+    """``post`` as if fitted with other ``fit_dtype`` / ``fit_device``."""
+    return brn.Posterior(model=post.model, draws=post.draws, stats=post.stats,
+                         method=post.method, x_scaler=post.x_scaler, y_scaler=post.y_scaler,
+                         seed=post.seed, fit_seconds=post.fit_seconds, x_train=post.x_train,
+                         y_train=post.y_train, extra=post.extra, **settings)
+
+
+def test_a_gpu_run_loads_as_such_on_a_machine_without_one(toy, tmp_path):
+    # A run fitted on a GPU records its device, and loads (on the CPU) wherever it is read.
+    gpu_run = _with_fit_settings(_fit(toy, "map"), fit_dtype="float32", fit_device="cuda:1")
+    back = brn.load(gpu_run.save(tmp_path / "run.nc"))
+    assert (back.fit_dtype, back.fit_device) == ("float32", "cuda:1")
+    np.testing.assert_array_equal(back.predict(np.zeros(3)).mean,
+                                  gpu_run.predict(np.zeros(3)).mean)
+
+
+def test_files_without_the_fit_settings_load_with_the_defaults(toy, tmp_path):
+    path = _fit(toy, "map", dtype=torch.float32).save(tmp_path / "run.nc")
+    with h5py.File(path, "a") as handle:  # as written before the settings were stored
+        del handle.attrs["bayesresnet_fit_dtype"]
+        del handle.attrs["bayesresnet_fit_device"]
+    back = brn.load(path)
+    assert (back.fit_dtype, back.fit_device) == ("float64", "cpu")
+    fixture = brn.load(Path(__file__).parent / "data" / "run_arviz0.nc")  # an older file
+    assert (fixture.fit_dtype, fixture.fit_device) == ("float64", "cpu")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("fit_dtype", json.dumps("float16"), "fit_dtype must be one of"),
+    ("fit_dtype", json.dumps(32), "fit_dtype is 32, not a name"),
+    ("fit_device", json.dumps(""), "fit_device is '', not a name"),
+    ("fit_device", json.dumps("x" * 65), "not a name of at most 64 characters"),
+    ("fit_device", json.dumps("gpu7"), "not a device name torch understands"),
+    ("fit_device", "{not json", "not valid JSON"),
+])
+def test_stored_fit_settings_are_checked(toy, tmp_path, key, value, match):
+    path = _fit(toy, "map").save(tmp_path / "run.nc")
+    with h5py.File(path, "a") as handle:
+        handle.attrs[f"bayesresnet_{key}"] = value
+    with pytest.raises(PosteriorFileError, match=match):
+        brn.load(path)
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"fit_dtype": "float16"}, "fit_dtype must be one of"),
+    ({"fit_dtype": torch.float32}, "fit_dtype must be one of"),
+    ({"fit_device": torch.device("cpu")}, "fit_device must be a device string"),
+    ({"fit_device": "gpu7"}, "not a device name torch understands"),
+])
+def test_posterior_checks_its_fit_settings(toy, settings, match):
+    with pytest.raises(ValueError, match=match):
+        _with_fit_settings(_fit(toy, "map"), **settings)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("sklearn")
 
@@ -26,9 +27,9 @@ from bayesresnet.estimator import EXPECTED_FAILED_CHECKS, BayesianResNetRegresso
 
 # A cheap configuration: a tiny network and a short MAP fit (about 0.1 s a fit).
 FAST = {"width": 4, "depth": 2, "method": "map", "method_params": {"steps": 100, "lr": 0.05}}
-PARAMS = ["activation", "basis", "check", "depth", "horizon", "integrator", "likelihood",
-          "method", "method_params", "prior", "prior_scale", "progress", "random_state", "rank",
-          "standardize", "width"]
+PARAMS = ["activation", "basis", "check", "depth", "device", "dtype", "horizon", "integrator",
+          "likelihood", "method", "method_params", "prior", "prior_scale", "progress",
+          "random_state", "rank", "standardize", "width"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,10 @@ def fast(**changes):
 
 def test_init_only_stores_parameters():
     # No validation in __init__ (scikit-learn's convention): bad values fail in fit.
-    est = BayesianResNetRegressor(width=-1, method="no-such-method", basis=object())
+    est = BayesianResNetRegressor(width=-1, method="no-such-method", basis=object(),
+                                  dtype="float16", device="gpu7")
     assert est.width == -1 and est.method == "no-such-method"
+    assert (est.dtype, est.device) == ("float16", "gpu7")
     assert sorted(est.get_params()) == PARAMS
     assert not [k for k in vars(est) if k.endswith("_")]
 
@@ -57,7 +60,8 @@ def test_defaults():
                       "horizon": 1.0, "integrator": "euler", "prior": "normal",
                       "prior_scale": 1.0, "likelihood": "gaussian", "method": "ensemble",
                       "method_params": None, "standardize": True, "random_state": None,
-                      "progress": False, "check": False, "rank": None}
+                      "progress": False, "check": False, "rank": None, "dtype": "float64",
+                      "device": "cpu"}
 
 
 def test_clone_and_set_params_roundtrip():
@@ -94,6 +98,12 @@ def test_clone_and_set_params_roundtrip():
     ({"random_state": -1}, "random_state must be in"),
     ({"random_state": "seed"}, "cannot be used to seed"),
     ({"standardize": "yes"}, "standardize must be True or False"),
+    ({"dtype": "float16"}, "dtype must be 'float64' or 'float32' .* got 'float16'"),
+    ({"dtype": torch.float16}, "dtype must be 'float64' or 'float32' .* got torch.float16"),
+    ({"dtype": np.float32}, "dtype must be 'float64' or 'float32'"),
+    ({"dtype": None}, "dtype must be 'float64' or 'float32'"),
+    ({"device": "gpu7"}, "device 'gpu7' is not a device name torch understands"),
+    ({"device": 0}, "device must be a string"),
 ])
 def test_fit_validates_parameters(cubic, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -109,6 +119,27 @@ def test_numpy_scalars_from_a_grid_are_accepted(cubic):
 
 
 # ---------------------------------------------------------------------- what fit builds
+
+
+@pytest.mark.parametrize("dtype", ["float32", torch.float32])
+def test_float32_fit_predicts_float64(cubic, dtype):
+    est = fast(dtype=dtype).fit(*cubic)
+    assert (est.posterior_.fit_dtype, est.posterior_.fit_device) == ("float32", "cpu")
+    assert est.get_params()["dtype"] is dtype  # stored as given
+    mean, std = est.predict(cubic[0], return_std=True)
+    assert mean.dtype == np.float64 and std.dtype == np.float64
+    assert np.isfinite(mean).all() and np.isfinite(std).all()
+    default = fast().fit(*cubic)
+    assert default.posterior_.fit_dtype == "float64"
+    assert not np.array_equal(mean, default.predict(cubic[0]))  # it did run in float32
+    np.testing.assert_allclose(mean, default.predict(cubic[0]), atol=1e-2 * np.std(cubic[1]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_without_a_gpu_is_refused(cubic):
+    with pytest.raises(ValueError, match="device 'cuda' was requested but no CUDA GPU"):
+        fast(device="cuda").fit(*cubic)
+
 
 
 def test_fit_is_bayesresnet_fit_with_these_settings(cubic):

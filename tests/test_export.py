@@ -563,7 +563,7 @@ def test_file_holds_only_arrays_and_json(posts, tmp_path):
     assert attrs["bayesresnet_format_version"] == export.FORMAT_VERSION
     metadata = [k for k in attrs if k.startswith("bayesresnet_") and k not in (
         "bayesresnet_format", "bayesresnet_format_version", "bayesresnet_version")]
-    assert len(metadata) == 11
+    assert len(metadata) == 13
     for key in metadata:
         json.loads(attrs[key])
     assert kinds and set(kinds.values()) <= set("biuf")

@@ -262,11 +262,15 @@ def test_invalid_uses_are_clear_value_errors():
 def test_report_section_shows_the_probabilities_of_the_draws():
     html = _stability_section(_mixture_posterior())
     assert html.count('src="data:image/png;base64,') == 1
-    cells = dict(re.findall(r"<tr><td>([^<]+)</td>.*?<td class=\"num\">([0-9.]+)</td></tr>",
-                            html))
-    assert float(cells["every layer"]) == pytest.approx(5 / 8)
-    assert float(cells["layer 2"]) == pytest.approx(6 / 8)
-    assert float(cells["layer 5"]) == 1.0
+    rows = re.findall(r"<tr><td>([^<]+)</td>.*?<td class=\"num\">([0-9.]+)</td>"
+                      r"<td class=\"num\">([0-9.e-]+)</td></tr>", html)
+    cells = {name: float(p) for name, p, _ in rows}
+    errors = {name: float(e) for name, _, e in rows}
+    assert cells["every layer"] == pytest.approx(5 / 8)
+    assert cells["layer 2"] == pytest.approx(6 / 8)
+    assert cells["layer 5"] == 1.0
+    assert errors["layer 5"] == 0.0 and errors["every layer"] > 0.0
+    assert "MC standard error" in html
     assert "median 10, central 95% interval [10, 30]" in html
     assert "In 0.0% of the steps shown some eigenvalue has a positive real part" in html
 

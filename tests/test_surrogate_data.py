@@ -221,3 +221,46 @@ def test_benchmark_per_output_metrics_are_the_marginal_metrics(bench):
         assert scores["coverage_95"][j] == pytest.approx(inside.mean())
     # Averaged over outputs, the marginal NLLs differ from the joint NLL of the library.
     assert np.sum(scores["nll"]) != pytest.approx(metrics.nll(pred, y))
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    path = SCRIPT.with_name("surrogate_calibration.py")
+    spec = importlib.util.spec_from_file_location("surrogate_calibration", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    sys.path.insert(0, str(SCRIPT.parent))  # it imports benchmarks/surrogate.py
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+        sys.modules.pop(spec.name, None)
+
+
+def test_calibration_binomial_range_probability(calibration):
+    from scipy import stats
+
+    # 180..196 of 200 is [0.90, 0.98]; summed by hand from the binomial pmf.
+    expected = sum(stats.binom.pmf(k, 200, 0.95) for k in range(180, 197))
+    assert calibration.binomial_in_range(200, 0.95, 0.90, 0.98) == pytest.approx(expected)
+    assert 0.985 < expected < 0.995
+    assert calibration.binomial_in_range(10, 0.5, 0.0, 1.0) == pytest.approx(1.0)
+
+
+def test_calibration_report_checks_the_refit_against_the_benchmark_record(calibration):
+    config = calibration.bench.default_config(quick=True)
+    key = calibration.bench.unit_key(config, "kinetics", "map")
+    test = {"coverage_95": [0.95] * 10, "rmse": [0.1] * 10}
+    record = {"method": "map", "config": key, "test": test, "n_holdout": 1000,
+              "holdout": {"coverage_95": [0.95] * 9 + [0.85], "rmse": [0.1] * 10},
+              "cpu_seconds": 1.0}
+    same = {"problem": "kinetics", "method": "map", "coverage_95_per_output": [0.95] * 10,
+            "rmse_per_output": [0.1] * 10}
+    text = calibration.render([record], [same], 200)
+    row = next(line for line in text.splitlines() if line.startswith("| MAP |"))
+    assert "| yes |" in row and "| no |" in row  # same fit; output 10 out of range
+    other = {**same, "rmse_per_output": [0.2] * 10}
+    row = next(line for line in calibration.render([record], [other], 200).splitlines()
+               if line.startswith("| MAP |"))
+    assert "| NO |" in row

@@ -253,8 +253,8 @@ def fit(model: BayesianResNet, x: Any, y: Any, method: InferenceMethod | str = "
     posterior = Posterior(model=model, draws=result.draws, stats=stats, method=method,
                           x_scaler=x_scaler, y_scaler=y_scaler, seed=seed, fit_seconds=seconds,
                           x_train=x_t.numpy(), y_train=y_t.numpy(), extra=extra,
-                          feature_names=column_names(x), target_names=column_names(y))
-    posterior.fit_dtype, posterior.fit_device = str(dtype).removeprefix("torch."), str(device)
+                          feature_names=column_names(x), target_names=column_names(y),
+                          fit_dtype=str(dtype).removeprefix("torch."), fit_device=str(device))
     if check:
         warn_if_failed(posterior.diagnose(), stacklevel=3)
     return posterior
