@@ -642,7 +642,7 @@ class LinearizedFit:
             eig, vectors = torch.linalg.eigh(a.T @ a)
             keep = eig > eig.max().clamp_min(0.0) * 1e-12
             self.eigenvalues = eig[keep]
-            self._basis = a @ vectors[:, keep] / self.eigenvalues.sqrt()
+            self._basis = (a @ vectors[:, keep]).div_(self.eigenvalues.sqrt())
 
     def leverage(self, noise_var: float) -> Tensor:
         """Diagonal of the hat matrix ``H(s2)``, shape (N,), each in [0, 1)."""
@@ -698,11 +698,15 @@ def linearize(model: BayesianResNet, values: dict[str, Tensor], x: Tensor
             point[name] = part.reshape(scales[name].shape)
         return model.loc_scale(point, xb)[0]  # (B, out_dim)
 
+    # Filled block by block and scaled in place: at N x P near LINEARIZE_MAX_JACOBIAN every
+    # copy of the Jacobian costs up to 256 MiB.
+    jacobian = torch.empty(x.shape[0], model.out_dim, theta.numel(), dtype=torch.float64)
     with torch.enable_grad():
-        blocks = [torch.func.jacrev(mean)(theta, x[start:start + _JACOBIAN_ROWS]).detach()
-                  for start in range(0, x.shape[0], _JACOBIAN_ROWS)]
-    jacobian = torch.cat(blocks)  # (N, out_dim, P)
-    return [LinearizedFit(jacobian[:, k] * sd) for k in range(jacobian.shape[1])]
+        for start in range(0, x.shape[0], _JACOBIAN_ROWS):
+            rows = x[start:start + _JACOBIAN_ROWS]
+            jacobian[start:start + rows.shape[0]] = torch.func.jacrev(mean)(theta, rows).detach()
+    jacobian.mul_(sd)
+    return [LinearizedFit(jacobian[:, k]) for k in range(jacobian.shape[1])]
 
 
 # ---------------------------------------------------------------------------------- LOO-PIT
