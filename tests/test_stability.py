@@ -297,6 +297,7 @@ def _pattern_posterior(unstable):
     return _posterior(net, {"W_coef": w}, seed=4)
 
 
+@pytest.mark.arviz  # the ESS is ArviZ's
 def test_probability_mcse_of_independent_draws_is_the_binomial_error():
     # 200 independent draws, unstable with probability 0.3. The ESS of independent draws is
     # estimated, not known: over 400 simulated sets of such draws the ratio of this MCSE to
@@ -323,6 +324,7 @@ def test_probability_mcse_of_independent_draws_is_the_binomial_error():
         np.sqrt(p * (1 - p) / 200), rel=1e-12)
 
 
+@pytest.mark.arviz  # the ESS is ArviZ's
 def test_probability_mcse_grows_when_chains_disagree():
     # Two chains stable throughout, two unstable throughout: p = 1/2 from what are in effect
     # 4 draws, not 200, so the error must be far above the independent-draws 0.035.
