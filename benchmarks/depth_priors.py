@@ -236,6 +236,7 @@ def report(records: list[dict[str, Any]], names: list[str], quick: bool, method:
                      f"{_fmt(*row['ess_per_second'], 4)} | {_fmt(*row['fit_seconds'], 0)} | "
                      f"{_fmt(*row['cpu_seconds'], 0)} | "
                      f"{load:.1f} | {passed}/{len(rs)} |")
+    lines += _extra_configs(records, names, quick, method)
     lines += ["", "Failed checks of `Posterior.diagnose()` (chain-wise rule) per record:", ""]
     for n in names:
         for s in shared:
@@ -255,10 +256,16 @@ def report(records: list[dict[str, Any]], names: list[str], quick: bool, method:
         lines += ["", "Learned hyperparameters (posterior of the step scales; prior "
                   "HalfNormal(1), median 0.67):", "", *hyper_lines]
     lines += ["", f"## Target, {method.upper()} records", ""]
+    failing = sum(not by[n][s]["diagnostics"]["ok"] for n in names for s in shared)
     if method != "nuts":
         lines += ["The target is stated for the UCI benchmark's NUTS settings; these are the "
-                  "same comparisons with its MCLMC settings, whose runs fail the chain-wise "
-                  "mixing checks (see above), so they indicate, not certify.", ""]
+                  f"same comparisons with its MCLMC settings, under which {failing} of the "
+                  f"{len(names) * len(shared)} runs fail `diagnose()` (see above), so they "
+                  "indicate, not certify.", ""]
+    elif failing:
+        lines += [f"{failing} of the {len(names) * len(shared)} runs fail `diagnose()` (see "
+                  "above): the comparisons below are between chains that have not mixed, so "
+                  "they indicate, not certify.", ""]
     rw = summary.get("rw-piecewise")
     fixed = [n for n in names if n in FIXED]
     if rw is None or not fixed or "linear" not in summary:
@@ -287,6 +294,37 @@ def report(records: list[dict[str, Any]], names: list[str], quick: bool, method:
                      + (": incomplete, the verdicts above are provisional." if len(shared) < 20
                         else "."))
     return "\n".join(lines) + "\n"
+
+
+def _extra_configs(records: list[dict[str, Any]], names: list[str], quick: bool, method: str
+                   ) -> list[str]:
+    """Rows for configurations outside ``names`` that have records (``--configs piecewise``),
+    each over its own splits, beside the main configurations over those same splits."""
+    lines: list[str] = []
+    for extra in (n for n in CONFIGS if n not in names):
+        key = record_key(settings(quick, extra, method))
+        own = {r["split"]: r for r in records if r["config"] == extra and r["key"] == key}
+        if not own:
+            continue
+        splits = sorted(own)
+        if not lines:
+            lines = ["", "Also measured, each over its own splits, beside the configurations "
+                     "above on the same splits (test RMSE, NLL, train RMSE; mean ± standard "
+                     "error):", ""]
+        parts = []
+        for n in (extra, *names):
+            key_n = record_key(settings(quick, n, method))
+            rs = [r for r in records if r["config"] == n and r["key"] == key_n
+                  and r["split"] in own]
+            if len(rs) == len(splits):
+                parts.append(f"{n} {_fmt(*_mean_se([r['rmse'] for r in rs]))}, "
+                             f"{_fmt(*_mean_se([r['nll'] for r in rs]))}, "
+                             f"{_fmt(*_mean_se([r['train_rmse'] for r in rs]))}")
+        passed = sum(r["diagnostics"]["ok"] for r in own.values())
+        lines.append(f"- {extra} ({own[splits[0]]['num_params']} params, splits "
+                     f"{', '.join(map(str, splits))}; diagnose() passed {passed}/{len(own)}): "
+                     + "; ".join(parts) + ".")
+    return lines
 
 
 def parse_splits(text: str) -> list[int]:
