@@ -16,7 +16,8 @@ depth-indexed sites:
 * ``rw-piecewise``: Piecewise basis (16 coefficient matrices), ``priors.RandomWalk()``;
 * ``linear``: Linear basis (2), Normal(0, 1);
 * ``legendre2``: the UCI benchmark's basis, Legendre(2) (3), Normal(0, 1);
-* ``piecewise``: Piecewise basis, Normal(0, 1) (optional, ``--configs``).
+* ``piecewise``: Piecewise basis, Normal(0, 1) (optional, ``--configs``);
+* ``rw-stationary``: Piecewise basis, ``priors.RandomWalk(stationary=True)`` (optional).
 
 For every (configuration, split) *record*: fit on the training part, score the test part in
 original units (RMSE, NLL, 95% coverage, CRPS; the training RMSE too, for the generalization
@@ -83,6 +84,7 @@ CONFIGS = {
     "linear": ("linear", {"name": "normal"}),
     "legendre2": ("legendre2", {"name": "normal"}),
     "piecewise": ("piecewise", {"name": "normal"}),
+    "rw-stationary": ("piecewise", {"name": "random_walk", "stationary": True}),
 }
 DEFAULT_CONFIGS = ("rw-piecewise", "linear", "legendre2")
 FIXED = ("linear", "legendre2", "piecewise")
@@ -112,7 +114,8 @@ def build_model(spec: dict[str, Any], in_dim: int) -> Any:
     net = brn.ResNet(in_dim, 1, width=m["width"], depth=m["depth"], basis=m["basis"],
                      activation=m["activation"], horizon=m["horizon"])
     if spec["prior"]["name"] == "random_walk":
-        prior = brn.priors.RandomWalk(scale=m["prior_scale"])
+        prior = brn.priors.RandomWalk(scale=m["prior_scale"],
+                                      stationary=spec["prior"].get("stationary", False))
     else:
         prior = brn.priors.Normal(m["prior_scale"])
     return brn.BayesianResNet(net, prior=prior, likelihood=brn.likelihoods.Gaussian(
