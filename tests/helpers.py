@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import sys
 from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +15,25 @@ import torch
 
 from bayesresnet import cli
 from bayesresnet.resnet import Network
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_script(file_name: str, module_name: str) -> Iterator[Any]:
+    """Import ``benchmarks/<file_name>`` as module ``module_name`` (registered in
+    ``sys.modules`` so that dataclasses and pickling inside it resolve), with ``benchmarks/`` on
+    ``sys.path`` for the scripts that import one another; both undone on exit."""
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / file_name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop(module_name, None)
 
 
 def assert_identical(a: Any, b: Any, where: str = "") -> None:

@@ -6,28 +6,15 @@ section and the row of a configuration measured on its own splits can be checked
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "depth_priors.py"
+from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports benchmarks/uci.py
-    spec = importlib.util.spec_from_file_location("depth_priors_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("depth_priors.py", "depth_priors_benchmark") as module:
         yield module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-        sys.modules.pop(spec.name, None)
 
 
 def _record(bench, name, split, rmse, nll, ok=False, ess=1.5, method="nuts"):

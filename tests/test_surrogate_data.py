@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import benchmark_script
 
 from bayesresnet import data
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "surrogate.py"
 
 GENERATORS = {
     "kinetics": (data.kinetics, 15, 10, 12),
@@ -175,12 +171,8 @@ def test_adsorption_inputs_lie_in_the_stated_ranges():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("surrogate_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_script("surrogate.py", "surrogate_benchmark") as module:
+        yield module
 
 
 def test_benchmark_quick_unit_and_report(bench):
@@ -225,17 +217,8 @@ def test_benchmark_per_output_metrics_are_the_marginal_metrics(bench):
 
 @pytest.fixture(scope="module")
 def calibration():
-    path = SCRIPT.with_name("surrogate_calibration.py")
-    spec = importlib.util.spec_from_file_location("surrogate_calibration", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports benchmarks/surrogate.py
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("surrogate_calibration.py", "surrogate_calibration") as module:
         yield module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-        sys.modules.pop(spec.name, None)
 
 
 def test_calibration_binomial_range_probability(calibration):
