@@ -2,6 +2,7 @@
 
 import concurrent.futures as cf
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from scipy import stats
 import bayesresnet as brn
 from bayesresnet.inference import mclmc_adaptation, mclmc_kernel
 from bayesresnet.inference.fit import resolve_method
+from bayesresnet.inference.integrator import value_and_grad
 from bayesresnet.inference.mclmc import MCLMC, sample
 from bayesresnet.inference.mclmc_kernel import Parameters
 
@@ -66,7 +68,7 @@ def test_energy_error_shrinks_with_the_integrators_order(integrator, order):
         params = Parameters(torch.full((8,), eps, dtype=torch.float64),
                             torch.ones(8, dtype=torch.float64), torch.ones(8, 10,
                                                                           dtype=torch.float64))
-        new, kinetic = integrate(log_density, state, params)
+        new, kinetic = integrate(partial(value_and_grad, log_density), state, params)
         errors.append((kinetic - (new.log_density - state.log_density)).abs())
     ratio = (errors[0] / errors[1]).median()
     assert 2 ** (order + 1) * 0.6 < ratio < 2 ** (order + 1) * 1.6, ratio
@@ -82,9 +84,8 @@ def test_minimal_norm_has_a_smaller_energy_error_than_leapfrog_per_gradient():
     errors = {}
     for name, eps in (("leapfrog", 0.05), ("minimal_norm", 0.1)):  # equal time per gradient
         integrate, _ = mclmc_kernel.INTEGRATORS[name]
-        new, kinetic = integrate(log_density, state, Parameters(eps * ones, ones,
-                                                               torch.ones(16, 20,
-                                                                          dtype=torch.float64)))
+        params = Parameters(eps * ones, ones, torch.ones(16, 20, dtype=torch.float64))
+        new, kinetic = integrate(partial(value_and_grad, log_density), state, params)
         one_step = (kinetic - (new.log_density - state.log_density)).abs()
         errors[name] = one_step.mean() * (2 if name == "leapfrog" else 1)
     assert errors["minimal_norm"] < errors["leapfrog"]
@@ -96,7 +97,8 @@ def test_partial_refresh_keeps_unit_length_and_mixes_by_the_decoherence_length()
     velocity[:, 0] = 1.0
     ones = torch.ones(2000, dtype=torch.float64)
     params = Parameters(0.1 * ones, ones, torch.ones(2000, 50, dtype=torch.float64))
-    new = mclmc_kernel.partially_refresh(velocity, params, generator)
+    new = mclmc_kernel.partially_refresh(velocity, params,
+                                         mclmc_kernel.refresh_noise(velocity, generator))
     torch.testing.assert_close(new.norm(dim=-1), ones)
     # The kept fraction exp(-eps / L) of the old velocity, after normalizing: for large D the
     # noise part has squared length 1 - c**2, so the overlap is c (up to O(1/sqrt(D)) noise).
@@ -151,7 +153,7 @@ def test_step_size_adaptation_reaches_the_target_energy_variance():
     generator = torch.Generator().manual_seed(6)
     state = mclmc_kernel.init(log_density, torch.randn(4, 50, generator=generator,
                                                       dtype=torch.float64) * scales, generator)
-    tuned = mclmc_adaptation.tune(log_density, state, generator,
+    tuned = mclmc_adaptation.tune(mclmc_kernel.Stepper(log_density, generator), state,
                                   mclmc_adaptation.schedule(4000), desired_energy_variance=5e-4)
     squared = torch.zeros(4, dtype=torch.float64)
     for _ in range(2000):

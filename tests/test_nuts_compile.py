@@ -31,7 +31,7 @@ def test_never_compiles_with_none_and_counts_calls(monkeypatch):
 def test_switches_after_the_given_number_of_calls(monkeypatch):
     compiled_calls = []
 
-    def fake_compile(fn, dynamic):
+    def fake_compile(fn, dynamic, **options):
         assert dynamic is False
 
         def compiled(z):
@@ -48,7 +48,7 @@ def test_switches_after_the_given_number_of_calls(monkeypatch):
 
 
 def test_a_failing_compiler_warns_once_and_stays_eager(monkeypatch):
-    def broken_compile(fn, dynamic):
+    def broken_compile(fn, dynamic, **options):
         def compiled(z):
             raise RuntimeError("no C++ compiler")
         return compiled

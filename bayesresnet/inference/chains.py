@@ -8,7 +8,6 @@ so for one seed both samplers' chains begin at the same points.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import Tensor
 
 from ..model import BayesianResNet
 from .base import MethodResult, check_positive_int, check_seed
+from .compilation import TieredFunction
 from .executor import Plan, WorkUnit, derived_seed, global_state_lock, span
 from .optim import map_fit
 
@@ -140,10 +140,10 @@ def constrained_draws(model: BayesianResNet, x: Tensor, y: Tensor,
     return draws, torch.cat(log_joint).reshape(chains, num).cpu().numpy()
 
 
-
-
-class TieredLogDensity:
-    """A log density that runs eagerly for its first ``compile_after`` calls, then compiled.
+class TieredLogDensity(TieredFunction):
+    """A log density that runs eagerly for its first ``compile_after`` calls, then compiled
+    (:class:`~bayesresnet.inference.compilation.TieredFunction` with the same function both
+    ways, one call per gradient).
 
     Parameters
     ----------
@@ -154,42 +154,11 @@ class TieredLogDensity:
         first call; None: never.
     owner : str
         The sampler's name, for the warning when compiling fails.
-
-    Attributes
-    ----------
-    calls : int
-        Calls so far.
-    compiled_at : int or None
-        The call that first ran the compiled program, None while eager.
     """
 
     def __init__(self, fn: LogDensity, compile_after: int | None, owner: str = "NUTS") -> None:
+        super().__init__(fn, fn, compile_after, owner=owner, what="log density")
         self.fn = fn
-        self.owner = owner
-        self.compile_after = compile_after
-        self.calls = 0
-        self.compiled_at: int | None = None
-        self._compiled: LogDensity | None = None
-        self._failed = False
-
-    def __call__(self, z: Tensor) -> Tensor:
-        self.calls += 1
-        if self._compiled is not None:
-            return self._compiled(z)
-        if self.compile_after is None or self._failed or self.calls <= self.compile_after:
-            return self.fn(z)
-        compiled = torch.compile(self.fn, dynamic=False)
-        try:
-            value = compiled(z)  # compiles here; errors of the compiler surface on this call
-        except Exception as err:
-            value = self.fn(z)  # an error of the log density itself raises again here, as is
-            self._failed = True
-            warnings.warn(f"{self.owner}: torch.compile of the log density failed "
-                          f"({type(err).__name__}: {err}); continuing without it",
-                          RuntimeWarning, stacklevel=2)
-            return value
-        self._compiled, self.compiled_at = compiled, self.calls
-        return value
 
 
 def chain_group_plan(owner: str, method: Any, model: BayesianResNet, x: Tensor, y: Tensor,

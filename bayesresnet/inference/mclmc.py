@@ -29,7 +29,8 @@ Per-draw statistics (arrays of shape (chain, draw))
 Extras: ``initial_position`` (C, D), ``scale`` (C, D) the diagonal preconditioner,
 ``energy_variance`` (C,) the mean squared energy error per dimension over all sampling steps,
 ``num_gradients`` (C,) gradient evaluations per chain, ``tuning_rejections`` (C,) tuning steps
-undone.
+undone, ``compiled_at_step`` (C,) the step (counted from 1, tuning included) from which the
+chain's unit ran the compiled step, -1 if it never did.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ from .base import (
 )
 from .chains import (
     LogDensity,
-    TieredLogDensity,
     chain_group_plan,
     check_chain_settings,
     constrained_draws,
@@ -109,8 +109,12 @@ class MCLMC(InferenceMethod):
         Sets the decoherence length to this fraction of the mean time between effectively
         independent draws of a coordinate, measured in the last tuning phase.
     compile_after : int or None
-        As in :class:`~bayesresnet.inference.nuts.NUTS`: batched gradient evaluations before
-        the log density is compiled with ``torch.compile``; None never compiles.
+        Gradient evaluations per chain before the whole step (gradients, integrator and
+        refresh) is compiled with ``torch.compile`` into one program; None never compiles.
+        Compiling costs 15-40 s once per unit and makes a step about 3 times faster on small
+        networks, so it pays after roughly 20 000-60 000 steps (docs/methods.rst); a run that
+        will take longer than that gains most with 0 (compiled from the first step). If the
+        compiler fails, the run warns once and goes on eagerly.
     chains_per_unit : int, optional
         Chains per unit of work (default: all chains in one unit); an executor runs the units
         on separate workers (see :func:`bayesresnet.fit`).
@@ -239,8 +243,7 @@ def _sample_chain_group(method: MCLMC, model: BayesianResNet, x: Tensor, y: Tens
     stream = derived_seed(seed, _STREAM_CHAIN) if unit == 0 else \
         derived_seed(seed, _STREAM_UNIT, unit)
     samples, stats, extra = sample(
-        TieredLogDensity(log_density, method.compile_after, "MCLMC"), z0,
-        seeded_generator(stream), method, progress=progress,
+        log_density, z0, seeded_generator(stream), method, progress=progress,
         desc=f"MCLMC {span(chains, 'chain')}")
     draws, log_joint = constrained_draws(model, x, y, samples)
     stats["log_joint"] = log_joint
@@ -255,7 +258,9 @@ def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, me
     Parameters
     ----------
     logdensity_fn : callable
-        ``(C, D) -> (C,)``, differentiable.
+        ``(C, D) -> (C,)``, differentiable; the steps switch to one compiled program after
+        ``method.compile_after`` gradient evaluations
+        (:class:`~bayesresnet.inference.mclmc_kernel.Stepper`).
     z0 : Tensor
         ``(C, D)`` starting points.
     generator : torch.Generator
@@ -283,9 +288,10 @@ def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, me
             bar.update(1)
 
         state = mclmc_kernel.init(logdensity_fn, z0, generator)
+        step_fn = mclmc_kernel.Stepper(logdensity_fn, generator, method.integrator,
+                                       method.compile_after)
         tuned = mclmc_adaptation.tune(
-            logdensity_fn, state, generator, steps, integrator=method.integrator,
-            desired_energy_variance=method.desired_energy_variance,
+            step_fn, state, steps, desired_energy_variance=method.desired_energy_variance,
             diagonal_preconditioning=method.diagonal_preconditioning,
             decoherence_factor=method.decoherence_factor,
             callback=callback if progress else None)
@@ -294,8 +300,7 @@ def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, me
         squared_error = torch.zeros(chains, dtype=z0.dtype, device=z0.device)
         diverged = torch.zeros(chains, dtype=torch.bool, device=z0.device)
         for i in range(method.num_samples * method.thinning):
-            state, info = mclmc_kernel.step(logdensity_fn, state, params, generator,
-                                            method.integrator)
+            state, info = step_fn(state, params)
             squared_error += info.energy_change ** 2
             diverged |= info.diverging
             if (i + 1) % method.thinning == 0:
@@ -320,5 +325,7 @@ def sample(logdensity_fn: LogDensity, z0: Tensor, generator: torch.Generator, me
         "energy_variance": (squared_error / (steps_run * dim)).cpu().numpy(),
         "num_gradients": np.full(chains, method.num_gradients(), dtype=np.int64),
         "tuning_rejections": tuned.rejected.cpu().numpy(),
+        "compiled_at_step": np.full(chains, -1 if step_fn.advance.compiled_at is None
+                                    else step_fn.advance.compiled_at, dtype=np.int64),
     }
     return torch.stack(kept, 1), stats, extra

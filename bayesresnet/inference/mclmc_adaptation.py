@@ -39,9 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import mclmc_kernel
-from .mclmc_kernel import MCLMCInfo, MCLMCState, Parameters
-from .nuts_kernel import LogDensityFn
+from .mclmc_kernel import MCLMCInfo, MCLMCState, Parameters, StepFn
 
 __all__ = ["REJECT_XI", "Schedule", "StepSizeAdapter", "TuningResult", "effective_sample_size",
            "schedule", "step_size_init", "step_size_update", "tune"]
@@ -191,9 +189,9 @@ class TuningResult(NamedTuple):
     rejected: Tensor
 
 
-def _adaptive_steps(logdensity_fn: LogDensityFn, state: MCLMCState, params: Parameters,
-                    adapter: StepSizeAdapter, num_steps: int, generator: torch.Generator,
-                    integrator: str, desired_energy_variance: float, moments: list[Tensor] | None,
+def _adaptive_steps(step_fn: StepFn, state: MCLMCState, params: Parameters,
+                    adapter: StepSizeAdapter, num_steps: int,
+                    desired_energy_variance: float, moments: list[Tensor] | None,
                     rejected_total: Tensor, callback: StepCallback | None, offset: int
                     ) -> tuple[MCLMCState, StepSizeAdapter, Tensor]:
     """Steps with step-size adaptation; adds step-size-weighted position moments (sum of
@@ -203,7 +201,7 @@ def _adaptive_steps(logdensity_fn: LogDensityFn, state: MCLMCState, params: Para
     dim = state.position.shape[-1]
     for i in range(num_steps):
         params = params._replace(step_size=adapter.step_size)
-        new, info = mclmc_kernel.step(logdensity_fn, state, params, generator, integrator)
+        new, info = step_fn(state, params)
         absurd = info.energy_change ** 2 > REJECT_XI * dim * desired_energy_variance
         rejected = info.diverging | absurd
         if bool(absurd.any()):
@@ -225,8 +223,7 @@ def _adaptive_steps(logdensity_fn: LogDensityFn, state: MCLMCState, params: Para
     return state, adapter, rejected_total
 
 
-def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Generator,
-         steps: Schedule, *, integrator: str = "minimal_norm",
+def tune(step_fn: StepFn, state: MCLMCState, steps: Schedule, *,
          desired_energy_variance: float = 5e-4, diagonal_preconditioning: bool = True,
          decoherence_factor: float = 0.4, callback: StepCallback | None = None
          ) -> TuningResult:
@@ -234,13 +231,12 @@ def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Genera
 
     Parameters
     ----------
-    logdensity_fn : LogDensityFn
-        Batched log density ``(C, D) -> (C,)``.
+    step_fn : StepFn
+        One step of every chain with given parameters, e.g. a
+        :class:`~bayesresnet.inference.mclmc_kernel.Stepper`.
     state : MCLMCState
         The chains' starting state (:func:`~bayesresnet.inference.mclmc_kernel.init`).
-    generator : torch.Generator
     steps : Schedule
-    integrator : {'minimal_norm', 'leapfrog'}
     desired_energy_variance : float
         Target variance of the energy error per dimension.
     diagonal_preconditioning : bool
@@ -261,15 +257,15 @@ def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Genera
                         torch.ones(chains, dim, dtype=dtype, device=device))
     adapter = step_size_init(params.step_size)
     rejected = torch.zeros(chains, dtype=torch.int64, device=device)
-    common = (generator, integrator, desired_energy_variance)
 
-    state, adapter, rejected = _adaptive_steps(logdensity_fn, state, params, adapter,
-                                               steps.phase1, *common, None, rejected, callback, 0)
+    state, adapter, rejected = _adaptive_steps(step_fn, state, params, adapter, steps.phase1,
+                                               desired_energy_variance, None, rejected, callback,
+                                               0)
     moments = [torch.zeros(chains, dtype=dtype, device=device),
                torch.zeros(chains, dim, dtype=dtype, device=device),
                torch.zeros(chains, dim, dtype=dtype, device=device)]
-    state, adapter, rejected = _adaptive_steps(logdensity_fn, state, params, adapter,
-                                               steps.phase2, *common, moments, rejected,
+    state, adapter, rejected = _adaptive_steps(step_fn, state, params, adapter, steps.phase2,
+                                               desired_energy_variance, moments, rejected,
                                                callback, steps.phase1)
     done = steps.phase1 + steps.phase2
     params = params._replace(step_size=adapter.step_size)
@@ -284,8 +280,8 @@ def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Genera
                                 variance.sqrt())
             adapter = step_size_init(params.step_size)
             state, adapter, rejected = _adaptive_steps(
-                logdensity_fn, state, params, adapter, steps.readjust, *common, None, rejected,
-                callback, done)
+                step_fn, state, params, adapter, steps.readjust, desired_energy_variance, None,
+                rejected, callback, done)
             params = params._replace(step_size=adapter.step_size)
             done += steps.readjust
         else:
@@ -296,7 +292,7 @@ def tune(logdensity_fn: LogDensityFn, state: MCLMCState, generator: torch.Genera
         kept = []
         squared_error = torch.zeros(chains, dtype=dtype, device=device)
         for i in range(steps.phase3):
-            state, info = mclmc_kernel.step(logdensity_fn, state, params, generator, integrator)
+            state, info = step_fn(state, params)
             rejected = rejected + info.diverging.to(rejected.dtype)
             squared_error += info.energy_change ** 2
             if (i + 1) % stride == 0:
