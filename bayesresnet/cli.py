@@ -843,7 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "width (default: dense)")
     fit.add_argument("--prior", choices=sorted(NAMED_PRIORS), default="normal",
                      help="prior on the network's parameters: normal, hierarchical, or a depth "
-                          "prior (random_walk, decaying, horseshoe; not with --method laplace) "
+                          "prior (random_walk, a stationary walk over depth; decaying; "
+                          "horseshoe; not with --method laplace) "
                           "(default: %(default)s)")
     fit.add_argument("--prior-scale", type=_positive_float, default=1.0, metavar="SCALE",
                      help="scale of the prior (standardized units): the normal and depth priors' "

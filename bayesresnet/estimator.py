@@ -117,8 +117,9 @@ default="normal"
         ``priors.Hierarchical(hyper_scale=prior_scale)``, and the depth priors
         ``"random_walk"``, ``"decaying"`` and ``"horseshoe"`` are ``priors.RandomWalk``,
         ``priors.Decaying`` and ``priors.Horseshoe`` with ``scale=prior_scale`` and their other
-        settings at their defaults (:func:`bayesresnet.priors.from_name`); or a prior object
-        from :mod:`bayesresnet.priors`, used as given.
+        settings at their defaults (:func:`bayesresnet.priors.from_name`; the random walk is
+        then the stationary one); or a prior object from :mod:`bayesresnet.priors`, used as
+        given.
     prior_scale : float, default=1.0
         Scale of a prior given by name (in standardized units when ``standardize=True``). Must be
         left at 1.0 when ``prior`` is an object, which carries its own scale.

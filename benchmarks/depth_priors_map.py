@@ -25,7 +25,8 @@ import bayesresnet as brn
 CONFIGS = {
     "linear, Normal(1)": (brn.Linear, lambda: brn.priors.Normal(1.0)),
     "piecewise, Normal(1)": (brn.Piecewise, lambda: brn.priors.Normal(1.0)),
-    "piecewise, RandomWalk()": (brn.Piecewise, lambda: brn.priors.RandomWalk()),
+    "piecewise, RandomWalk(stationary=False)": (
+        brn.Piecewise, lambda: brn.priors.RandomWalk(stationary=False)),
     "piecewise, RandomWalk(stationary=True)": (
         brn.Piecewise, lambda: brn.priors.RandomWalk(stationary=True)),
 }

@@ -51,7 +51,8 @@ html_theme_options = {"description": "Bayesian weight-parameterized ResNets on P
 nitpicky = True
 nitpick_ignore = [("py:class", "abc.ABC"), ("py:class", "pyro.nn.module.PyroModule"),
                   ("py:class", "sklearn.base.BaseEstimator"),
-                  ("py:class", "sklearn.base.RegressorMixin")]
+                  ("py:class", "sklearn.base.RegressorMixin"),
+                  ("py:class", "collections.abc.Callable")]
 
 
 # The docstrings write array shapes with a star for "any leading sample dimensions", as in

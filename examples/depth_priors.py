@@ -4,9 +4,11 @@ A fixed basis decides the network's complexity in advance: Piecewise (one weight
 layer), Linear (two), Legendre(5) (six, a polynomial of degree 5 in depth). A prior over depth
 keeps a large basis and learns how much of it to use (see ``docs/depth_priors.rst``):
 
-* ``rw-piecewise``: Piecewise under ``priors.RandomWalk()``, neighbouring layers tied by a
-  random walk whose step scale ``W_coef_step_scale`` is learned (small: weights nearly constant
-  in depth);
+* ``rw-piecewise``: Piecewise under ``priors.RandomWalk()``, the default stationary walk:
+  neighbouring layers tied by a mean-reverting random walk with the prior scale 1 at every layer,
+  whose step scale ``W_coef_step_scale`` is learned (small: weights nearly constant in depth;
+  large: independent layers). The plain walk, ``RandomWalk(stationary=False)``, whose variance
+  grows along depth, overfitted yacht at depth 16 (``benchmarks/results/depth_priors.md``);
 * ``decay-legendre5``: Legendre(5) under ``priors.Decaying()``, degree k's prior scale
   ``exp(-k / d)`` with the decay scale d = ``W_coef_decay_scale`` learned;
 * ``horseshoe-legendre5``: Legendre(5) under ``priors.Horseshoe(nonzero_fraction=0.2,
@@ -42,7 +44,8 @@ of at most 31 leapfrog steps; yacht width 16 and depth 8, MCLMC 4 chains of 500 
 sampling steps thinned by 5, begun at 500-step MAP fits (the UCI benchmark's MCLMC uses 2000,
 2000 and 1000 at depth 4; these budgets are too short for the diagnostics to pass, and the
 script prints which checks fail). See ``docs/examples.rst`` for what the
-full run showed and how long it took.
+full run showed and how long it took (that run's random walk was the plain one, the default
+then).
 """
 
 from __future__ import annotations

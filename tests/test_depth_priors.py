@@ -19,7 +19,7 @@ from bayesresnet import priors
 from bayesresnet.convert import identifiable_names
 
 PRIORS = {
-    "walk": lambda: priors.RandomWalk(step_hyper_scale=0.7, scale=0.9),
+    "walk": lambda: priors.RandomWalk(step_hyper_scale=0.7, scale=0.9, stationary=False),
     "stationary": lambda: priors.RandomWalk(step_hyper_scale=1.5, scale=0.8, stationary=True),
     "decaying": lambda: priors.Decaying(decay_hyper_scale=1.5, scale=1.2),
     "horseshoe": lambda: priors.Horseshoe(global_scale=0.3, slab_scale=1.5, slab_df=5.0,
@@ -206,6 +206,27 @@ def test_random_walk_limits_constant_and_independent():
     # The stationary walk with a huge step: independent layers, w = scale * z.
     values["W_coef_step_scale"] = torch.tensor(1e3, dtype=torch.float64)
     assert torch.allclose(model.net_params(values)["W_coef"], values["W_coef_raw"], atol=1e-12)
+
+
+def test_random_walk_default_is_stationary_and_saved_walks_keep_theirs():
+    # The default is the stationary walk (benchmarks/results/depth_priors.md: the one that
+    # matched the fixed bases on yacht); from_name("random_walk") follows it.
+    assert priors.RandomWalk().stationary is True
+    assert priors.from_name("random_walk").stationary is True
+    size, step = 5, 1.3
+    stationary = _walk_covariance(size, 1.0, step, True)
+    plain = _walk_covariance(size, 1.0, step, False)
+    assert np.allclose(priors.RandomWalk().covariance(step, size).numpy(), stationary)
+    # A run saved with the plain walk records stationary=False and is rebuilt as the plain walk,
+    # whatever the default.
+    config = priors.RandomWalk(stationary=False).config()
+    assert config["stationary"] is False
+    rebuilt = priors.prior_from_config(config)
+    assert type(rebuilt) is priors.RandomWalk and rebuilt.stationary is False
+    assert rebuilt.config() == config
+    assert np.allclose(rebuilt.covariance(step, size).numpy(), plain)
+    assert not np.allclose(plain, stationary)
+    assert priors.prior_from_config(priors.RandomWalk().config()).stationary is True
 
 
 # ------------------------------------------------------------------ horseshoe marginal

@@ -69,3 +69,37 @@ def test_report_within_one_standard_error_and_extra_configuration(bench):
         in text
     line = next(s for s in text.splitlines() if s.startswith("- piecewise ("))
     assert "splits 1;" in line and "piecewise 2.000" in line and "rw-piecewise 0.410" in line
+
+
+def test_report_states_the_stationary_walks_verdict_where_it_has_every_split(bench):
+    # rw-stationary is not among the report's configurations (the default --configs): it gets
+    # its own verdicts once it has a record on every shared split, and none before.
+    names = ["rw-piecewise", "linear", "legendre2"]
+    records = []
+    for split in range(4):
+        records += [_record(bench, "rw-piecewise", split, 0.6, 0.5),
+                    _record(bench, "linear", split, 0.35 + 0.01 * split, 0.0),
+                    _record(bench, "legendre2", split, 0.5, 0.2)]
+    partial = records + [_record(bench, "rw-stationary", split, 0.3, -0.2) for split in (0, 2)]
+    text = bench.report(partial, names, False, "nuts")
+    assert "rw-stationary has records on 2 of the 4 shared splits: no verdict" in text
+    assert "test RMSE: rw-stationary" not in text and "rw-stationary / linear" not in text
+    assert "12 of the 12 runs fail `diagnose()`" in text
+    # All four splits (split 3 at a test RMSE of 0.42: mean 0.33, within Linear's 0.365 + SE).
+    full = records + [_record(bench, "rw-stationary", split, [0.3, 0.3, 0.3, 0.42][split], -0.2,
+                              ess=1.2) for split in range(4)]
+    text = bench.report(full, names, False, "nuts")
+    assert "- test RMSE: rw-piecewise 0.600 ± 0.000 against the best fixed basis (linear) " \
+           "0.365 ± 0.006: NOT within one standard error of it." in text
+    assert "- test RMSE: rw-stationary 0.330 ± 0.030 against the best fixed basis (linear) " \
+           "0.365 ± 0.006: within one standard error of it." in text
+    assert "- NLL: rw-stationary -0.200 ± 0.000 against the best fixed basis (linear) " \
+           "0.000 ± 0.000: within one standard error of it." in text
+    # ESS/s 0.012 against Linear's 0.015 (equal fit times): 0.80, but no chain mixed.
+    assert "- chain-wise ESS/s: rw-stationary / linear = 0.80 (0.80 per CPU second; target: " \
+           "at least 0.5): not assessable: the chain-wise ESS is below 10.0 in some chain of " \
+           "some record (lowest 1.2)" in text
+    assert "16 of the 16 runs fail `diagnose()`" in text
+    assert "rw-piecewise is the plain walk, `RandomWalk(stationary=False)`" in text
+    assert text.index("test RMSE: rw-piecewise") < text.index("test RMSE: rw-stationary") \
+        < text.index("n = 4 of the 20 splits")
