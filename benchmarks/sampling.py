@@ -21,7 +21,8 @@ passed:
     preconditioner) on our flat log density written in JAX (:func:`jax_log_density`), chains
     vectorized with ``jax.vmap``, started at the MAP points our
     :func:`~bayesresnet.inference.nuts.initial_positions` finds for the same seed (the points
-    ``MCLMC`` starts from) and given the same tuning and sampling steps as ``mclmc``.
+    ``MCLMC`` starts from) and given the same tuning and sampling steps and the same
+    ``desired_energy_variance`` as ``mclmc``.
 ``numpyro``
     NumPyro's NUTS with ``chain_method="vectorized"`` on the model of ``benchmarks/nuts.py``
     (:func:`nuts.numpyro_model`), NumPyro's own initialization (uniform in [-2, 2] in the
@@ -1134,8 +1135,11 @@ def run_contender(key: str, bench: Bench, args: argparse.Namespace) -> Run:
     if key == "mclmc":
         return run_mclmc(bench, mclmc_settings(args), args.seed)
     if key == "blackjax":
+        # The same energy-error target as ours, so that both take steps of the same accuracy.
+        target = mclmc_settings(args).get("desired_energy_variance",
+                                          brn.MCLMC().desired_energy_variance)
         return run_blackjax(bench, args.chains, args.mclmc_tune_steps, args.mclmc_steps,
-                            args.mclmc_thinning, args.seed, map_init_steps(args))
+                            args.mclmc_thinning, args.seed, map_init_steps(args), target)
     return run_numpyro(bench, args.numpyro_chains, args.numpyro_warmup, args.numpyro_samples,
                        args.numpyro_max_tree_depth, args.numpyro_target_accept, args.seed)
 

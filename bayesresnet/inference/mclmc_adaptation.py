@@ -224,7 +224,7 @@ def _adaptive_steps(step_fn: StepFn, state: MCLMCState, params: Parameters,
 
 
 def tune(step_fn: StepFn, state: MCLMCState, steps: Schedule, *,
-         desired_energy_variance: float = 5e-4, diagonal_preconditioning: bool = True,
+         desired_energy_variance: float = 1e-4, diagonal_preconditioning: bool = True,
          decoherence_factor: float = 0.4, callback: StepCallback | None = None
          ) -> TuningResult:
     """Run the three tuning phases (module docstring) on every chain.
