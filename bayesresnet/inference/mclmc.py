@@ -63,11 +63,20 @@ from .chains import (
 )
 from .executor import Plan, derived_seed, run_plan, span, split_range
 
-__all__ = ["ENERGY_VARIANCE_FACTOR", "MCLMC", "sample"]
+__all__ = ["ENERGY_VARIANCE_LIMIT", "MCLMC", "sample"]
 
-ENERGY_VARIANCE_FACTOR = 10.0
-"""How many times ``desired_energy_variance`` the sampling steps' energy error variance per
-dimension may reach before the diagnostics fail the run (see :meth:`MCLMC.add_checks`)."""
+ENERGY_VARIANCE_LIMIT = 5e-3
+"""The largest mean squared energy error per dimension over a chain's sampling steps that the
+diagnostics accept (see :meth:`MCLMC.add_checks`).
+
+An unadjusted sampler's bias grows with that figure, whatever step-size target produced it. On
+a 100-dimensional standard Gaussian (``benchmarks/mclmc_bias.py``) it biased the variances by
+2% at 4.5e-4, 4% at 2.7e-3 and 9% at 6.0e-3. So 5e-3 allows about 7% in a variance (3.5% in
+a standard deviation). That is the Monte Carlo error of a standard deviation estimated from the
+400 effective draws the ESS check asks of four chains, so the check fails a run whose bias would
+show above its own noise. On the demo problem the check failed the run whose posterior
+standard deviations were 12-26% too wide (0.013) and passed two that agreed with a NUTS
+reference (0.0008, 0.0021)."""
 
 # Streams derived from the fit's seed; chain group k > 0 uses (seed, _STREAM_UNIT, k).
 _STREAM_CHAIN, _STREAM_UNIT = 21, 22
@@ -181,27 +190,28 @@ class MCLMC(InferenceMethod):
 
     def add_checks(self, posterior: Any, diag: Any) -> None:
         """"Energy error variance": the worst chain's mean squared energy error per dimension
-        over the sampling steps, against :data:`ENERGY_VARIANCE_FACTOR` times the target.
+        over the sampling steps, against :data:`ENERGY_VARIANCE_LIMIT`.
 
-        The tuning holds the variance within about a factor 3 of ``desired_energy_variance``
-        on the curvature it meets (``tests/test_mclmc.py``); ten times the target means the
-        chain reached regions sharper than any it tuned on, where its unadjusted steps are
-        too long and its draws biased.
+        The limit is on the figure itself, not on its ratio to ``desired_energy_variance``:
+        on network posteriors the energy error is heavy-tailed, the largest 0.1% of the steps
+        carry most of the mean, and a longer run meets more of them, so the mean can exceed
+        the tuned target many times over while the draws stay within Monte Carlo error of a
+        reference (``benchmarks/results/mclmc_bias.md``).
         """
         variance = np.asarray(posterior.extra.get("energy_variance", []), dtype=np.float64)
         if variance.size == 0:
             diag.notes.append("no energy_variance recorded; energy error check skipped")
             return
         worst = int(np.argmax(variance))
-        limit = ENERGY_VARIANCE_FACTOR * self.desired_energy_variance
         diag.details["energy_variance"] = variance
         diag.add_check(
-            "max energy error variance / dim", float(variance[worst]), "<=", limit,
+            "max energy error variance / dim", float(variance[worst]), "<=",
+            ENERGY_VARIANCE_LIMIT,
             f"chain {worst}'s energy error has variance {variance[worst]:.3g} per dimension over "
-            f"the sampling steps, more than {ENERGY_VARIANCE_FACTOR:g} x the tuned target "
-            f"{self.desired_energy_variance:g}: the chain met sharper curvature than it tuned "
-            "on, so its unadjusted steps are too long and its draws biased; raise num_warmup "
-            "or lower desired_energy_variance")
+            f"the sampling steps, more than {ENERGY_VARIANCE_LIMIT:g}: its unadjusted steps are "
+            f"too long for the curvature it met (the tuning aimed at "
+            f"{self.desired_energy_variance:g}), so its draws may be biased by more than their "
+            "Monte Carlo error; lower desired_energy_variance")
 
     def num_gradients(self) -> int:
         """Gradient evaluations per chain of a run, fixed by the settings."""
