@@ -117,3 +117,18 @@ def test_a_compiled_mclmc_fit_matches_the_eager_fit_on_a_resnet():
         torch.testing.assert_close(compiled.draws[name], value, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(compiled.stats["energy_change"], eager.stats["energy_change"],
                                rtol=1e-6, atol=1e-10)
+
+
+def test_the_compiled_step_keeps_float32():
+    generator = torch.Generator().manual_seed(5)
+    position = torch.randn(3, 6, generator=generator, dtype=torch.float32)
+    state = mclmc_kernel.init(_gaussian, position, generator)
+    ones = torch.ones(3, dtype=torch.float32)
+    params = Parameters(0.3 * ones, ones, torch.ones(3, 6, dtype=torch.float32))
+    eager = mclmc_kernel.Stepper(_gaussian, torch.Generator().manual_seed(6))
+    compiled = mclmc_kernel.Stepper(_gaussian, torch.Generator().manual_seed(6), compile_after=0)
+    first, _ = eager(state, params)
+    second, info = compiled(state, params)
+    assert compiled.advance.compiled_at == 1
+    assert second.position.dtype == torch.float32 and info.energy_change.dtype == torch.float32
+    torch.testing.assert_close(second.position, first.position, rtol=1e-5, atol=1e-6)
