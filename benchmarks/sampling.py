@@ -1106,7 +1106,7 @@ def mclmc_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.mclmc_steps % args.mclmc_thinning:
         raise SystemExit("--mclmc-steps must be a multiple of --mclmc-thinning")
     settings = {"num_samples": args.mclmc_steps // args.mclmc_thinning,
-                "thinning": args.mclmc_thinning, "num_warmup": args.mclmc_num_warmup,
+                "thinning": args.mclmc_thinning, "num_warmup": args.mclmc_tune_steps,
                 "chains": args.chains, "init_steps": args.init_steps,
                 # The whole step compiled from the start: the run is long enough to pay the
                 # compilation back many times (docs/methods.rst).

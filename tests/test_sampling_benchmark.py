@@ -160,3 +160,14 @@ def test_threshold_checks(bench):
     checks = bench.threshold_checks(pooled, {"diverging": np.zeros((4, 100), bool)}, chains=4)
     assert not checks["pooled R-hat"][1] and not checks["pooled bulk ESS"][1]
     assert checks["divergent"] == (0.0, True)
+
+
+def test_mclmc_settings_from_the_command_line(bench):
+    args = bench.parse_args(["--mclmc-tune-steps", "300", "--mclmc-steps", "600",
+                             "--mclmc-thinning", "3", "--mclmc-option",
+                             "desired_energy_variance=2e-4"])
+    settings = bench.mclmc_settings(args)
+    assert settings["num_warmup"] == 300 and settings["num_samples"] == 200
+    assert settings["thinning"] == 3 and settings["compile_after"] == 0
+    assert settings["desired_energy_variance"] == 2e-4
+    bench.brn.MCLMC(**settings)  # every name is a setting of the library's MCLMC
