@@ -171,3 +171,6 @@ def test_mclmc_settings_from_the_command_line(bench):
     assert settings["thinning"] == 3 and settings["compile_after"] == 0
     assert settings["desired_energy_variance"] == 2e-4
     bench.brn.MCLMC(**settings)  # every name is a setting of the library's MCLMC
+    assert args.blackjax_energy_variance is None  # BlackJAX gets our target unless told
+    assert bench.parse_args(["--blackjax-energy-variance", "1e-6"]).blackjax_energy_variance \
+        == 1e-6
