@@ -8,10 +8,13 @@ Commands
     ``DIR/index.html`` (the table and the five predictive bands side by side, see
     :func:`bayesresnet.report.compare_report`) plus one full report per method in
     ``DIR/<method>/`` (``index.html`` and ``posterior.nc``), and the table as ``DIR/summary.csv``.
-    Timing (2 nearly idle cores, a fresh clone): 84-110 s of wall time with the fits in two
-    worker processes (``--jobs 2``, the default; NUTS 57-81 s beside the two VI fits and the
-    ensemble, 20-29 s together), depending on the day's machine. Before VI's flat backend:
-    108 s, and 159 s one after another (``--jobs 1``).
+    Timing (2 nearly idle cores, a fresh clone in a new virtual environment, 2026-12-07): 107 s
+    of wall time with the fits in two worker processes (``--jobs 2``, the default), 114 s with
+    torch's compiler cache empty (``TORCHINDUCTOR_CACHE_DIR`` a new folder, as on a fresh
+    machine). MCLMC, whose 220 000 compiled steps per chain let its row pass, takes 89-96 s in
+    one worker; NUTS (21-26 s), the two VI fits and the ensemble share the other. Before
+    MCLMC's longer run: 74-110 s, with NUTS 39-81 s. Before VI's flat backend: 108 s, and
+    159 s one after another (``--jobs 1``).
     The earlier settings (NUTS 300 + 300 iterations with trees of up to 127 steps, VI 3000 steps)
     took 829 s for NUTS alone at load 4-5, hence :data:`DEMO_SETTINGS`.
 ``bayesresnet fit DATA --target COL [--target COL ...] [--inputs COL ...] --out DIR``
