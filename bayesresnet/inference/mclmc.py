@@ -125,10 +125,11 @@ class MCLMC(InferenceMethod):
     compile_after : int or None
         Gradient evaluations per chain before the whole step (gradients, integrator and
         refresh) is compiled with ``torch.compile`` into one program; None never compiles.
-        Compiling costs 15-40 s once per unit and makes a step about 3 times faster on small
-        networks, so it pays after roughly 20 000-60 000 steps (docs/methods.rst); a run that
-        will take longer than that gains most with 0 (compiled from the first step). If the
-        compiler fails, the run warns once and goes on eagerly.
+        Compiling costs 10-40 s once per unit and made a step 2-8 times faster on the
+        benchmark networks, so it pays after about 4 000-16 000 steps
+        (``benchmarks/results/mclmc_step.md``); a run known to be longer gains most with 0
+        (compiled from the first step). If the compiler fails, the run warns once and goes on
+        eagerly.
     chains_per_unit : int, optional
         Chains per unit of work (default: all chains in one unit); an executor runs the units
         on separate workers (see :func:`bayesresnet.fit`).
