@@ -2,7 +2,7 @@
 
 One step of :func:`bayesresnet.inference.mclmc_kernel.advance` (the minimal-norm integrator:
 two batched gradients of ``BayesianResNet.log_density``, three exact velocity updates, the
-finiteness guard and the partial refresh) over C chains, timed five ways:
+finiteness guard and the partial refresh) over C chains, timed six ways:
 
 ``eager``
     Everything eager, gradients by autograd (``MCLMC(compile_after=None)``).
@@ -10,12 +10,17 @@ finiteness guard and the partial refresh) over C chains, timed five ways:
     The log density compiled with ``torch.compile``, the rest eager: what ``MCLMC`` did before
     the whole step was compiled.
 ``compiled density, C++ wrapper``
-    The same with inductor's ``cpp_wrapper``: what NUTS's ``compile_after`` does on the CPU.
+    The same with inductor's ``cpp_wrapper`` and only the guards on the arguments
+    (``compilation.compile_fresh(..., guard_arguments_only=True)``): what NUTS's
+    ``compile_after`` does on the CPU.
 ``compiled step``
     The whole step, with ``torch.func`` gradients, compiled into one program (inductor,
     ``dynamic=False``, ``fullgraph=True``), kernels called from Python.
 ``compiled step, C++ wrapper``
-    The same with inductor's ``cpp_wrapper``: what ``MCLMC(compile_after=...)`` uses on the CPU.
+    The same with inductor's ``cpp_wrapper``, all of Dynamo's guards checked at each call.
+``compiled step, C++ wrapper, argument guards``
+    The same with only the guards on the step's arguments and torch's global state: what
+    ``MCLMC(compile_after=...)`` uses on the CPU.
 
 Reported per configuration: milliseconds per step (median of 5 interleaved blocks), compile
 time (first call, on-disk caches off), the break-even number of steps against eager, and the
@@ -47,7 +52,7 @@ from compile import per_call_interleaved  # the benchmarks' shared timer
 from nuts import REPO, make_problems  # the benchmarks' shared problems
 
 WAYS = ("eager", "compiled density", "compiled density, C++ wrapper", "compiled step",
-        "compiled step, C++ wrapper")
+        "compiled step, C++ wrapper", "compiled step, C++ wrapper, argument guards")
 
 
 def step_functions(model, x: torch.Tensor, y: torch.Tensor, chains: int
@@ -70,9 +75,12 @@ def step_functions(model, x: torch.Tensor, y: torch.Tensor, chains: int
         return mclmc_kernel.advance(functional_value_and_grad(log_density), s, p, n)
 
     compiled_density = compilation.compile_fresh(log_density)
-    compiled_density_cpp = compilation.compile_fresh(log_density, cpp_wrapper=True)
+    compiled_density_cpp = compilation.compile_fresh(log_density, cpp_wrapper=True,
+                                                     guard_arguments_only=True)
     python_wrapper = compilation.compile_fresh(whole_step, fullgraph=True)
     cpp_wrapper = compilation.compile_fresh(whole_step, fullgraph=True, cpp_wrapper=True)
+    argument_guards = compilation.compile_fresh(whole_step, fullgraph=True, cpp_wrapper=True,
+                                                guard_arguments_only=True)
     fns = {
         "eager": eager_step(functools.partial(value_and_grad, log_density)),
         "compiled density": eager_step(functools.partial(value_and_grad, compiled_density)),
@@ -80,6 +88,8 @@ def step_functions(model, x: torch.Tensor, y: torch.Tensor, chains: int
             functools.partial(value_and_grad, compiled_density_cpp)),
         "compiled step": lambda: python_wrapper(state, params, noise),
         "compiled step, C++ wrapper": lambda: cpp_wrapper(state, params, noise),
+        "compiled step, C++ wrapper, argument guards": lambda: argument_guards(state, params,
+                                                                               noise),
     }
     reference, _ = fns["eager"]()
     compile_seconds, errors = {"eager": 0.0}, {"eager": 0.0}
@@ -90,6 +100,21 @@ def step_functions(model, x: torch.Tensor, y: torch.Tensor, chains: int
         errors[way] = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
                           for a, b in zip(out, reference, strict=True))
     return fns, compile_seconds, errors
+
+
+def noise_draw_times(chains: list[int], dims: set[int], calls: int
+                     ) -> dict[tuple[int, int], tuple[float, float]]:
+    """Seconds per draw of the refresh noise, single and double precision, per (dim, C)."""
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for dim in dims:
+        for count in chains:
+            times = per_call_interleaved({
+                dtype: functools.partial(torch.randn, (count, dim), generator=generator,
+                                         dtype=dtype)
+                for dtype in (torch.float32, torch.float64)}, calls)
+            out[dim, count] = (times[torch.float32], times[torch.float64])
+    return out
 
 
 def main() -> None:
@@ -108,7 +133,8 @@ def main() -> None:
 
     load_start = os.getloadavg()[0]
     rows = []
-    for problem in make_problems(args.data_root.resolve(), args.problems):
+    problems = make_problems(args.data_root.resolve(), args.problems)
+    for problem in problems:
         for chains in args.chains:
             fns, compile_seconds, errors = step_functions(problem.model, problem.x, problem.y,
                                                           chains)
@@ -117,6 +143,8 @@ def main() -> None:
                          errors))
             print(f"{problem.label}, C={chains}: " + "; ".join(
                 f"{way} {1e3 * times[way]:.3f} ms" for way in WAYS), flush=True)
+    noise = noise_draw_times(args.chains, {problem.model.dim for problem in problems},
+                             args.calls)
     load_end = os.getloadavg()[0]
 
     lines = [
@@ -133,6 +161,12 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, load "
         f"average {load_start:.1f} at the start and {load_end:.1f} at the end; torch "
         f"{torch.__version__} with {args.threads} thread(s), float64.",
+        "",
+        "The refresh noise, drawn eagerly before each step and not in the times above, in "
+        "microseconds per step (median of 5 interleaved blocks): " + "; ".join(
+            f"{dim} parameters, C={chains}: {1e6 * single:.1f} in float32 (`refresh_noise` "
+            f"now), {1e6 * double:.1f} in float64 (before)"
+            for (dim, chains), (single, double) in sorted(noise.items())) + ".",
         "",
         "| problem | params | C | way | ms per step | speed-up | compile (s) | break-even "
         "(steps) | error |",

@@ -97,8 +97,10 @@ def test_partial_refresh_keeps_unit_length_and_mixes_by_the_decoherence_length()
     velocity[:, 0] = 1.0
     ones = torch.ones(2000, dtype=torch.float64)
     params = Parameters(0.1 * ones, ones, torch.ones(2000, 50, dtype=torch.float64))
-    new = mclmc_kernel.partially_refresh(velocity, params,
-                                         mclmc_kernel.refresh_noise(velocity, generator))
+    noise = mclmc_kernel.refresh_noise(velocity, generator)
+    assert noise.dtype == torch.float32  # drawn in single precision, converted on use
+    new = mclmc_kernel.partially_refresh(velocity, params, noise)
+    assert new.dtype == torch.float64
     torch.testing.assert_close(new.norm(dim=-1), ones)
     # The kept fraction exp(-eps / L) of the old velocity, after normalizing: for large D the
     # noise part has squared length 1 - c**2, so the overlap is c (up to O(1/sqrt(D)) noise).
@@ -168,10 +170,16 @@ def test_step_size_adaptation_reaches_the_target_energy_variance():
     # rescaled target's scales would span 100; with it, what is left must span less than 10.
     # Its moments come from the second half of phase 2 (600 steps), in which the widest
     # coordinates travel only a few of their standard deviations, so their scales come out
-    # up to about 4x small; the narrow ones are learned to within sampling error (20%).
+    # up to about 4x small; the narrow ones are learned to within sampling error. Over 40
+    # seeds (100-139), log(learned / true) of the 25 narrow scales had mean -0.015 and
+    # standard deviation 0.073, the same with float32 or float64 refresh noise; a run's mean
+    # over its 100 values had standard deviation 0.006 between seeds. So: every value within
+    # 5 sd (0.37), and the mean within 0.06 of zero (8 sd beyond its bias).
     ratio = tuned.params.scale / scales
     assert torch.all(ratio.max(-1).values / ratio.min(-1).values < 10), ratio
-    assert torch.all((ratio[:, :25] > 0.8) & (ratio[:, :25] < 1.25)), ratio[:, :25]
+    narrow = ratio[:, :25].log()
+    assert float(narrow.abs().max()) < 0.37, ratio[:, :25]
+    assert abs(float(narrow.mean())) < 0.06, ratio[:, :25]
 
 
 # ------------------------------------------------------------------------- statistical checks

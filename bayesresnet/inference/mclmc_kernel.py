@@ -200,9 +200,13 @@ def gradients_per_step(integrator: str) -> int:
 def refresh_noise(velocity: Tensor, generator: torch.Generator) -> Tensor:
     """Standard normal noise shaped like ``velocity`` (C, D) for :func:`partially_refresh`.
 
-    Drawn on the generator's device (the CPU), so a seed gives the same chains on any device.
+    Drawn on the generator's device (the CPU), so a seed gives the same chains on any device,
+    and in single precision whatever the velocity's: the noise only turns the velocity's
+    direction, which needs no more resolution than 2**-24, and PyTorch draws single-precision
+    normals on the CPU about four times faster than double (on the demo network 4 us against
+    16 us per step, 5% of a compiled step). :func:`partially_refresh` converts it.
     """
-    return torch.randn(velocity.shape, generator=generator, dtype=velocity.dtype,
+    return torch.randn(velocity.shape, generator=generator, dtype=torch.float32,
                        device=generator.device).to(velocity.device)
 
 
@@ -210,10 +214,11 @@ def partially_refresh(velocity: Tensor, params: Parameters, noise: Tensor) -> Te
     """Mix a fraction of fresh isotropic noise into each unit velocity.
 
     Keeps ``c = exp(-step_size / L)`` of the velocity and adds ``sqrt(1 - c**2)`` times the
-    standard normal ``noise`` (C, D) divided by sqrt(D) (of expected unit length), then
-    normalizes.
+    standard normal ``noise`` (C, D), of any floating dtype, divided by sqrt(D) (of expected
+    unit length), then normalizes.
     """
     keep = torch.exp(-params.step_size / params.decoherence_length).unsqueeze(-1)
+    noise = noise.to(velocity.dtype)
     mixed = keep * velocity + torch.sqrt(1 - keep ** 2) * noise / math.sqrt(velocity.shape[-1])
     return mixed / mixed.norm(dim=-1, keepdim=True)
 
