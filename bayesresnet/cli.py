@@ -98,7 +98,7 @@ __all__ = ["DEMO_SETTINGS", "RUN_FILES", "CLIError", "DataTable", "console", "ma
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "nuts": {"num_samples": 150, "num_warmup": 150, "chains": 4, "max_tree_depth": 6},
-        "mclmc": {"num_samples": 1000, "thinning": 200, "num_warmup": 20000, "chains": 4,
+        "mclmc": {"num_samples": 1000, "thinning": 300, "num_warmup": 20000, "chains": 4,
                   "compile_after": 0},
         "meanfield": {"steps": 1500, "num_draws": 500},
         "lowrank": {"steps": 1500, "num_draws": 500},
