@@ -72,7 +72,8 @@ def summary(rows: list[dict]) -> list[str]:
                   for name in FIGURES]
         seconds = np.median([row["seconds"] for row in group])
         lines.append(f"| {steps} | {len(group)} | {sum(row['passes'] for row in group)} | "
-                     f"{', '.join(str(row['seed']) for row in group)} | {' | '.join(ranges)} | "
+                     f"{', '.join(str(seed) for seed in sorted(row['seed'] for row in group))} | "
+                     f"{' | '.join(ranges)} | "
                      f"{seconds:.0f} (median) |")
     return lines
 

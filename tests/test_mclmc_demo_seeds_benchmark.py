@@ -1,0 +1,46 @@
+"""benchmarks/mclmc_demo_seeds.py: a fit's record and the table's ranges per run length."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mclmc_demo_seeds.py"
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    spec = importlib.util.spec_from_file_location("mclmc_demo_seeds", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(seed, steps, ess, passes=True):
+    return {"seed": seed, "steps": steps, "seconds": 10.0 + seed, "passes": passes,
+            "min bulk ESS per chain": ess, "min tail ESS per chain": ess + 1,
+            "max chain-wise R-hat": 1.01, "max energy error variance / dim": 0.001}
+
+
+def test_the_table_gives_each_run_length_its_passes_and_ranges(seeds):
+    rows = [_row(3, 300, 150.0), _row(1, 300, 90.0, passes=False), _row(0, 200, 120.0)]
+    header, rule, short, long = seeds.summary(rows)
+    assert header.count("|") == rule.count("|")
+    assert short.startswith("| 200 | 1 | 1 | 0 | 120-120 |")
+    assert long.startswith("| 300 | 2 | 1 | 1, 3 | 90-150 | 91-151 |")
+    assert long.endswith("| 12 (median) |")
+
+
+def test_a_fit_records_what_its_checks_read(seeds, monkeypatch):
+    # The demo's settings with a short run: the record has every figure the table reads.
+    monkeypatch.setitem(seeds.DEMO_SETTINGS["full"], "mclmc",
+                        {"num_samples": 20, "num_warmup": 40, "chains": 2, "init_steps": 20,
+                         "compile_after": None})
+    row = seeds.fit_once(seed=0, thinning=2)
+    assert row["steps"] == 40 and row["seed"] == 0
+    assert all(name in row for name in seeds.FIGURES)
+    assert row["passes"] == (not row["failed"])
