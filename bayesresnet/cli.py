@@ -118,10 +118,11 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 }
 """Method settings of ``bayesresnet demo`` (full) and ``bayesresnet demo --fast``.
 
-The full settings aim at the demo's budget of about two minutes on two idle cores; NUTS takes
-most of it. Its trees nearly always reach the depth cap on this posterior, so its cost is about
-(num_warmup + num_samples) x 2**max_tree_depth batched gradients, and the short run is not
-enough for the diagnostics to pass: the demo reports that, the honest outcome of the budget.
+The full settings aim at the demo's budget of about two minutes on two idle cores; MCLMC takes
+most of it, in one worker. NUTS's trees nearly always reach the depth cap on this posterior, so
+its cost is about (num_warmup + num_samples) x 2**max_tree_depth batched gradients, and the
+short run is not enough for the diagnostics to pass: the demo reports that, the honest outcome
+of the budget.
 Measured (docs/methods.rst, "NUTS on the demo network"): the data pin the network's function
 down so tightly that a stable leapfrog step is 0.003-0.013 while the weights spread over the
 prior's scale (marginal sd about 1), so a trajectory needs 1000-2000 steps to turn; a run that
