@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mclmc_demo_seeds.py"
+from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def seeds():
-    spec = importlib.util.spec_from_file_location("mclmc_demo_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    with benchmark_script("mclmc_demo_seeds.py", "mclmc_demo_seeds_benchmark") as module:
+        yield module
 
 
 def _row(seed, steps, ess, passes=True):
