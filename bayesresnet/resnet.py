@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .basis import Basis, Piecewise, basis_from_config, get_basis
 
-__all__ = ["ACTIVATIONS", "INTEGRATORS", "MLP", "Network", "ResNet", "Tableau",
+__all__ = ["ACTIVATIONS", "INTEGRATORS", "MLP", "Network", "ResNet", "Tableau", "combine_basis",
            "network_from_config"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -28,6 +28,36 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "identity": lambda z: z,
 }
 """Activation functions by name (the ``activation=`` argument of the networks)."""
+
+
+def combine_basis(phi: Tensor, coef: Tensor, event_dims: int) -> Tensor:
+    """The basis expansion ``sum_k phi[..., k] * coef[..., k, *event]``.
+
+    Parameters
+    ----------
+    phi : tensor of shape (*lead, K)
+        Basis functions at the times wanted.
+    coef : tensor of shape (*S, K, *event)
+        Coefficients, with ``event_dims`` trailing event dimensions.
+    event_dims : {1, 2}
+        Number of event dimensions of ``coef`` (2 for weight matrices, 1 for biases).
+
+    Returns
+    -------
+    Tensor of shape (*S, *lead, *event).
+    """
+    lead = phi.dim() - 1
+    if not torch.compiler.is_compiling():
+        times, event = "abcdefgh"[:lead], "ij"[:event_dims]
+        return torch.einsum(f"{times}k,...k{event}->...{times}{event}", phi, coef)
+    # Inside a compiled program the sum over K is written out as a broadcast product, which
+    # inductor fuses into the kernels around it instead of calling a batched matrix product
+    # forward and backward: 1-7% of an MCLMC step on the benchmark networks
+    # (benchmarks/results/mclmc_step.md, way "einsum basis").
+    phi = phi.reshape(*phi.shape, *([1] * event_dims))
+    coef = coef.reshape(*coef.shape[:-event_dims - 1], *([1] * lead),
+                        *coef.shape[-event_dims - 1:])
+    return (phi * coef).sum(-event_dims - 1)
 
 
 @dataclass(frozen=True)
@@ -319,8 +349,7 @@ class ResNet(Network):
         b : tensor (*S, M, width)
         """
         phi = self._time_basis(params, times)
-        return self._expand_weights(phi, "m", params), torch.einsum("mk,...ki->...mi", phi,
-                                                                    params["b_coef"])
+        return self._expand_weights(phi, params), combine_basis(phi, params["b_coef"], 1)
 
     def layer_factors(self, params: Mapping[str, Tensor], times: Tensor | None = None
                       ) -> tuple[Tensor, Tensor]:
@@ -337,7 +366,7 @@ class ResNet(Network):
             If the network has dense hidden weights (``rank=None``).
         """
         self._check_low_rank()
-        return self._expand_factors(self._time_basis(params, times), "m", params)
+        return self._expand_factors(self._time_basis(params, times), params)
 
     def _time_basis(self, params: Mapping[str, Tensor], times: Tensor | None) -> Tensor:
         """phi at ``times`` (the cached Euler grid by default), in the parameters' dtype and on
@@ -352,18 +381,16 @@ class ResNet(Network):
             raise ValueError("this ResNet has dense hidden weights (rank=None): it has no "
                              "factors U, V")
 
-    def _expand_factors(self, phi: Tensor, lead: str, params: Mapping[str, Tensor]
+    def _expand_factors(self, phi: Tensor, params: Mapping[str, Tensor]
                         ) -> tuple[Tensor, Tensor]:
         """U and V from basis values ``phi`` of shape (*lead, K): (*S, *lead, width, rank)."""
-        spec = f"{lead}k,...kir->...{lead}ir"
-        return (torch.einsum(spec, phi, params["U_coef"]),
-                torch.einsum(spec, phi, params["V_coef"]))
+        return combine_basis(phi, params["U_coef"], 2), combine_basis(phi, params["V_coef"], 2)
 
-    def _expand_weights(self, phi: Tensor, lead: str, params: Mapping[str, Tensor]) -> Tensor:
+    def _expand_weights(self, phi: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         """W from basis values ``phi`` of shape (*lead, K): (*S, *lead, width, width)."""
         if self.rank is None:
-            return torch.einsum(f"{lead}k,...kij->...{lead}ij", phi, params["W_coef"])
-        left, right = self._expand_factors(phi, lead, params)
+            return combine_basis(phi, params["W_coef"], 2)
+        left, right = self._expand_factors(phi, params)
         return left @ right.transpose(-1, -2)
 
     def _grid_basis(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
@@ -412,8 +439,7 @@ class ResNet(Network):
         """
         phi = self.stage_basis(offsets).to(dtype=params["b_coef"].dtype,
                                            device=params["b_coef"].device)
-        return (self._expand_weights(phi, "nm", params),
-                torch.einsum("nmk,...ki->...nmi", phi, params["b_coef"]))
+        return self._expand_weights(phi, params), combine_basis(phi, params["b_coef"], 1)
 
     def stage_factors(self, params: Mapping[str, Tensor], offsets: Tensor | list[float]
                       ) -> tuple[Tensor, Tensor]:
@@ -430,8 +456,7 @@ class ResNet(Network):
         """
         self._check_low_rank()
         return self._expand_factors(self.stage_basis(offsets).to(
-            dtype=params["b_coef"].dtype, device=params["b_coef"].device), "nm",
-                                    params)
+            dtype=params["b_coef"].dtype, device=params["b_coef"].device), params)
 
     def vector_field(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """act(W h + b) for hidden states h (*S, N, width), W (*S, width, width), b (*S, width)."""

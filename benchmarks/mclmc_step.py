@@ -2,7 +2,7 @@
 
 One step of :func:`bayesresnet.inference.mclmc_kernel.advance` (the minimal-norm integrator:
 two batched gradients of ``BayesianResNet.log_density``, three exact velocity updates, the
-finiteness guard and the partial refresh) over C chains, timed six ways:
+finiteness guard and the partial refresh) over C chains, timed seven ways:
 
 ``eager``
     Everything eager, gradients by autograd (``MCLMC(compile_after=None)``).
@@ -21,6 +21,10 @@ finiteness guard and the partial refresh) over C chains, timed six ways:
 ``compiled step, C++ wrapper, argument guards``
     The same with only the guards on the step's arguments and torch's global state: what
     ``MCLMC(compile_after=...)`` uses on the CPU.
+``... argument guards, einsum basis``
+    The same, traced with the basis expansion of the weights and biases as ``einsum`` (a
+    batched matrix product, forward and backward) instead of the broadcast product that
+    ``resnet.combine_basis`` writes inside compiled code: the step before that change.
 
 Reported per configuration: milliseconds per step (median of 5 interleaved blocks), compile
 time (first call, on-disk caches off), the break-even number of steps against eager, and the
@@ -43,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from bayesresnet import resnet
 from bayesresnet.inference import compilation, mclmc_kernel
 from bayesresnet.inference.integrator import functional_value_and_grad, value_and_grad
 from bayesresnet.inference.mclmc_kernel import Parameters
@@ -52,7 +57,14 @@ from compile import per_call_interleaved  # the benchmarks' shared timer
 from nuts import REPO, make_problems  # the benchmarks' shared problems
 
 WAYS = ("eager", "compiled density", "compiled density, C++ wrapper", "compiled step",
-        "compiled step, C++ wrapper", "compiled step, C++ wrapper, argument guards")
+        "compiled step, C++ wrapper", "compiled step, C++ wrapper, argument guards",
+        "... argument guards, einsum basis")
+
+
+def einsum_basis(phi: torch.Tensor, coef: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """``resnet.combine_basis`` as it was: einsum, compiled or not."""
+    times, event = "mn"[:phi.dim() - 1], "ij"[:event_dims]
+    return torch.einsum(f"{times}k,...k{event}->...{times}{event}", phi, coef)
 
 
 def step_functions(model, x: torch.Tensor, y: torch.Tensor, chains: int
@@ -81,6 +93,8 @@ def step_functions(model, x: torch.Tensor, y: torch.Tensor, chains: int
     cpp_wrapper = compilation.compile_fresh(whole_step, fullgraph=True, cpp_wrapper=True)
     argument_guards = compilation.compile_fresh(whole_step, fullgraph=True, cpp_wrapper=True,
                                                 guard_arguments_only=True)
+    einsum_guards = compilation.compile_fresh(whole_step, fullgraph=True, cpp_wrapper=True,
+                                              guard_arguments_only=True)
     fns = {
         "eager": eager_step(functools.partial(value_and_grad, log_density)),
         "compiled density": eager_step(functools.partial(value_and_grad, compiled_density)),
@@ -90,12 +104,20 @@ def step_functions(model, x: torch.Tensor, y: torch.Tensor, chains: int
         "compiled step, C++ wrapper": lambda: cpp_wrapper(state, params, noise),
         "compiled step, C++ wrapper, argument guards": lambda: argument_guards(state, params,
                                                                                noise),
+        "... argument guards, einsum basis": lambda: einsum_guards(state, params, noise),
     }
     reference, _ = fns["eager"]()
     compile_seconds, errors = {"eager": 0.0}, {"eager": 0.0}
     for way in WAYS[1:]:
         start = time.perf_counter()
-        out, _ = fns[way]()
+        if way == "... argument guards, einsum basis":  # traced (first call) with the old sum
+            library_sum, resnet.combine_basis = resnet.combine_basis, einsum_basis
+            try:
+                out, _ = fns[way]()
+            finally:
+                resnet.combine_basis = library_sum
+        else:
+            out, _ = fns[way]()
         compile_seconds[way] = time.perf_counter() - start
         errors[way] = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
                           for a, b in zip(out, reference, strict=True))

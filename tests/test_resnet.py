@@ -161,3 +161,32 @@ def test_wrong_feature_count():
         net.forward(params, torch.zeros(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="missing"):
         net.forward({"input_weight": params["input_weight"]}, torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("lead_shape", [(6,), (6, 2)])
+@pytest.mark.parametrize("event_shape", [(4,), (4, 4)])
+@pytest.mark.parametrize("sample_shape", [(), (3,), (2, 3)])
+def test_combine_basis_is_the_same_sum_eager_and_compiled(lead_shape, event_shape, sample_shape):
+    """combine_basis writes the sum over K as einsum eagerly and as a broadcast product inside
+    compiled code; both are sum_k phi[..., k] coef[..., k, *event], and so are their gradients."""
+    from bayesresnet.inference.compilation import compile_fresh
+    from bayesresnet.resnet import combine_basis
+
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randn(*lead_shape, 3, generator=g, dtype=torch.float64)
+    coef = torch.randn(*sample_shape, 3, *event_shape, generator=g, dtype=torch.float64)
+    flat_phi = phi.reshape(-1, 3)
+    expected = (coef.movedim(len(sample_shape), -1).unsqueeze(-2) * flat_phi).sum(-1)
+    expected = expected.movedim(-1, len(sample_shape)).reshape(*sample_shape, *lead_shape,
+                                                               *event_shape)
+    cotangent = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+
+    def value_and_grad(coef):
+        return torch.func.grad_and_value(
+            lambda c: (combine_basis(phi, c, len(event_shape)) * cotangent).sum())(coef)
+
+    eager_grad, eager_value = value_and_grad(coef)
+    torch.testing.assert_close(combine_basis(phi, coef, len(event_shape)), expected)
+    compiled_grad, compiled_value = compile_fresh(value_and_grad, fullgraph=True)(coef)
+    torch.testing.assert_close(compiled_value, eager_value)
+    torch.testing.assert_close(compiled_grad, eager_grad)
