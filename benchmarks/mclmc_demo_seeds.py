@@ -63,15 +63,21 @@ def _commit() -> str:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """One table line per run length: passes, and the range of each figure over the seeds."""
-    lines = ["| sampling steps | runs | pass | seeds | " + " | ".join(FIGURES)
-             + " | seconds per fit |", "|---" * (len(FIGURES) + 5) + "|"]
-    for steps in sorted({row["steps"] for row in rows}):
-        group = [row for row in rows if row["steps"] == steps]
+    """One table line per run length and commit (in the order of the commits' first lines):
+    passes, and the range of each figure over the seeds."""
+    lines = ["| sampling steps | commit | runs | pass | seeds | " + " | ".join(FIGURES)
+             + " | seconds per fit |", "|---" * (len(FIGURES) + 6) + "|"]
+    commits = list(dict.fromkeys(row.get("commit", "unknown") for row in rows))
+    groups = sorted({(row["steps"], row.get("commit", "unknown")) for row in rows},
+                    key=lambda key: (key[0], commits.index(key[1])))
+    for steps, commit in groups:
+        group = [row for row in rows
+                 if row["steps"] == steps and row.get("commit", "unknown") == commit]
         ranges = [f"{min(row[name] for row in group):.4g}-{max(row[name] for row in group):.4g}"
                   for name in FIGURES]
         seconds = np.median([row["seconds"] for row in group])
-        lines.append(f"| {steps} | {len(group)} | {sum(row['passes'] for row in group)} | "
+        lines.append(f"| {steps} | {commit} | {len(group)} | "
+                     f"{sum(row['passes'] for row in group)} | "
                      f"{', '.join(str(seed) for seed in sorted(row['seed'] for row in group))} | "
                      f"{' | '.join(ranges)} | "
                      f"{seconds:.0f} (median) |")

@@ -22,9 +22,17 @@ def test_the_table_gives_each_run_length_its_passes_and_ranges(seeds):
     rows = [_row(3, 300, 150.0), _row(1, 300, 90.0, passes=False), _row(0, 200, 120.0)]
     header, rule, short, long = seeds.summary(rows)
     assert header.count("|") == rule.count("|")
-    assert short.startswith("| 200 | 1 | 1 | 0 | 120-120 |")
-    assert long.startswith("| 300 | 2 | 1 | 1, 3 | 90-150 | 91-151 |")
+    assert short.startswith("| 200 | unknown | 1 | 1 | 0 | 120-120 |")
+    assert long.startswith("| 300 | unknown | 2 | 1 | 1, 3 | 90-150 | 91-151 |")
     assert long.endswith("| 12 (median) |")
+
+
+def test_runs_of_different_commits_are_kept_apart(seeds):
+    rows = [{**_row(0, 300, 150.0), "commit": "new"}, {**_row(0, 300, 90.0), "commit": "old"},
+            {**_row(1, 300, 100.0), "commit": "new"}]
+    _, _, first, second = seeds.summary(rows)
+    assert first.startswith("| 300 | new | 2 | 2 | 0, 1 | 100-150 |")
+    assert second.startswith("| 300 | old | 1 | 1 | 0 | 90-90 |")
 
 
 def test_a_fit_records_what_its_checks_read(seeds, monkeypatch):
