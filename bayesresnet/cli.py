@@ -8,12 +8,14 @@ Commands
     ``DIR/index.html`` (the table and the five predictive bands side by side, see
     :func:`bayesresnet.report.compare_report`) plus one full report per method in
     ``DIR/<method>/`` (``index.html`` and ``posterior.nc``), and the table as ``DIR/summary.csv``.
-    Timing (2 nearly idle cores, a fresh clone in a new virtual environment, 2026-12-07): 127 s
-    of wall time with the fits in two worker processes (``--jobs 2``, the default), 139 s with
+    Timing (2 nearly idle cores, a fresh clone in a new virtual environment, 2026-12-07): 108 s
+    of wall time with the fits in two worker processes (``--jobs 2``, the default), 125 s with
     torch's compiler cache empty (``TORCHINDUCTOR_CACHE_DIR`` a new folder, as on a fresh
     machine). MCLMC, whose 320 000 compiled steps per chain let its row pass on every seed
-    tried (:data:`DEMO_SETTINGS`), takes 108-117 s in one worker; NUTS (20-23 s), the two VI
-    fits and the ensemble share the other. With 220 000 steps: 107 s and 114 s, but the MCLMC
+    tried (:data:`DEMO_SETTINGS`), takes 90-107 s in one worker; NUTS (21-22 s), the two VI
+    fits and the ensemble share the other. Before the fused basis expansion
+    (:func:`bayesresnet.resnet.combine_basis`): 127 s and 139 s, MCLMC 108-117 s. With
+    220 000 sampling steps, before both: 107 s and 114 s, but the MCLMC
     row failed on 1 of 7 seeds, seed 0 among them since its noise is drawn in float32. Before
     MCLMC's longer runs: 74-110 s, with NUTS 39-81 s. Before VI's flat backend: 108 s, and
     159 s one after another (``--jobs 1``).
