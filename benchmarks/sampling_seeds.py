@@ -20,23 +20,24 @@ Run from the repository root (two runs at a time on two cores, each pinned to it
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import statistics
 from pathlib import Path
 
-DATA = re.compile(r"<!-- sampling.py data: (\{.*\}) -->")
+from sampling import read_report_data  # (benchmarks/sampling.py: the rows a report embeds)
+
 SEED = re.compile(r"--seed (\d+)")
 STEP = re.compile(r"step[ _]size ([0-9.]+)")
 
 
 def read_run(path: Path, problem: str) -> dict:
     """The seed, command and our and BlackJAX's rows on ``problem`` of one sampling.py report."""
-    match = DATA.search(path.read_text())
-    if match is None:
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file")
+    data = read_report_data(path)
+    if not data["sections"]:
         raise SystemExit(f"{path}: no sampling.py data block (is it a sampling.py report?)")
-    data = json.loads(match.group(1))
     section = next((s for s in data["sections"] if s["problem"] == problem), None)
     if section is None:
         raise SystemExit(f"{path}: no {problem!r} problem")
